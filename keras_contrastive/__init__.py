@@ -1,0 +1,19 @@
+"""keras_contrastive: contrastive self-supervised learning for Keras 3 on TensorFlow.
+
+Small composable pieces (losses, augmenters, encoders, heads, optimizers,
+evaluators, export) wired by thin trainers that are plain `keras.Model`s with
+their own `train_step`, trained with `model.fit`.
+"""
+
+from keras_contrastive import augment
+from keras_contrastive import data
+from keras_contrastive import distributed
+from keras_contrastive import encoders
+from keras_contrastive import evaluation
+from keras_contrastive import export
+from keras_contrastive import heads
+from keras_contrastive import losses
+from keras_contrastive import optimizers
+from keras_contrastive.trainers import SimCLR
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""Everything that touches `tf.distribute` inside a training step.
+
+Losses and trainers call these helpers and never `tf.distribute` directly, so
+the same code runs under the default strategy, MirroredStrategy,
+MultiWorkerMirroredStrategy and TPUStrategy.
+"""
+
+import tensorflow as tf
+
+
+def _replica_context():
+    # Outside `strategy.run` (eager calls, the default strategy) there is still a
+    # default replica context with one replica, so callers need no special case.
+    return tf.distribute.get_replica_context()
+
+
+def num_replicas():
+    """Number of replicas that run the current step in sync (1 without a strategy)."""
+    ctx = _replica_context()
+    if ctx is None:  # cross-replica context: `strategy.num_replicas_in_sync`
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return ctx.num_replicas_in_sync
+
+
+def replica_id():
+    """This replica's position in the sync group, as an int32 scalar tensor."""
+    ctx = _replica_context()
+    if ctx is None:
+        return tf.constant(0, tf.int32)
+    rid = ctx.replica_id_in_sync_group
+    return tf.cast(rid, tf.int32)
+
+
+def all_gather(x, axis=0):
+    """Concatenates `x` from every replica along `axis`, in replica order.
+
+    Differentiable: TensorFlow defines the gradient of `ReplicaContext.all_gather`
+    as the all-reduced (summed) upstream gradient sliced back to this replica's
+    part. That is what makes contrastive losses with cross-replica negatives
+    exact: replica r's loss also depends on replica s's embeddings, and those
+    terms reach replica s's backward pass through the sum.
+
+    Args:
+        x: Tensor, `[local_batch, ...]`.
+        axis: int. Axis to concatenate along. Defaults to 0.
+
+    Returns:
+        Tensor `[num_replicas * local_batch, ...]` (for `axis=0`). Without a
+        strategy this is `x` itself.
+    """
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_gather(x, axis=axis)
+
+
+def all_reduce_sum(x):
+    """Sum of `x` over replicas (identity with one replica)."""
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def global_offset(local_batch):
+    """Index of this replica's first example within the gathered global batch.
+
+    After `all_gather`, replica r's examples sit at rows
+    `[r * local_batch, (r + 1) * local_batch)`; a loss that looks up "my own
+    row" or "my positive's row" in the gathered tensor adds this offset.
+    """
+    return replica_id() * tf.cast(local_batch, tf.int32)

@@ -1,0 +1,161 @@
+"""Image encoders: ResNet-18 / ResNet-50 that return the pooled feature vector.
+
+An encoder, in this library, is any `keras.Model` that maps float32 images in
+[0, 1], `[batch, H, W, C]`, to features `[batch, dim]`. The ResNets here are
+functional models built from core Keras layers (so they save to `.keras` and
+load in safe mode) with the two stems used in the contrastive literature:
+
+* `stem="cifar"`: a 3x3 stride-1 convolution and no max-pool, for 32x32
+  images (SimCLR appendix B.9, CIFAR-10 experiments);
+* `stem="imagenet"`: the original 7x7 stride-2 convolution and 3x3 max-pool.
+"""
+
+import keras
+from keras import layers
+
+# SimCLR's ResNet uses a BN decay of 0.9 and epsilon 1e-5 (reference resnet.py).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def _check_args(input_shape, stem, width_multiplier):
+    if len(input_shape) != 3 or any(d is None or d < 1 for d in input_shape):
+        raise ValueError(
+            f"`input_shape` must be (height, width, channels) with known sizes; got {input_shape}."
+        )
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"`stem` must be 'cifar' or 'imagenet'; got {stem!r}.")
+    if not width_multiplier > 0:
+        raise ValueError(f"`width_multiplier` must be > 0; got {width_multiplier}.")
+
+
+def batch_norm(synchronized, name, zero_init=False):
+    """BatchNormalization with SimCLR's settings; optionally synchronized.
+
+    Synchronized BN computes batch statistics over the global batch (all
+    replicas), which contrastive methods need so that a replica cannot use
+    its local statistics to find the positive (SimCLR section 2.2, "Global BN").
+    `zero_init` starts the residual branch's last BN at gamma = 0, so every
+    block starts as the identity (Goyal et al. 2017, used by SimCLR's ResNet).
+    """
+    return layers.BatchNormalization(
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        synchronized=synchronized,
+        gamma_initializer="zeros" if zero_init else "ones",
+        name=name,
+    )
+
+
+def _conv(filters, kernel_size, strides, name):
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )
+
+
+def _basic_block(x, filters, strides, synchronized, name):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv(filters, 1, strides, f"{name}_proj_conv")(x)
+        shortcut = batch_norm(synchronized, f"{name}_proj_bn")(shortcut)
+    y = _conv(filters, 3, strides, f"{name}_conv1")(x)
+    y = batch_norm(synchronized, f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv(filters, 3, 1, f"{name}_conv2")(y)
+    y = batch_norm(synchronized, f"{name}_bn2", zero_init=True)(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _bottleneck_block(x, filters, strides, synchronized, name):
+    out_filters = 4 * filters
+    shortcut = x
+    if strides != 1 or x.shape[-1] != out_filters:
+        shortcut = _conv(out_filters, 1, strides, f"{name}_proj_conv")(x)
+        shortcut = batch_norm(synchronized, f"{name}_proj_bn")(shortcut)
+    y = _conv(filters, 1, 1, f"{name}_conv1")(x)
+    y = batch_norm(synchronized, f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    # Stride on the 3x3 convolution (ResNet v1.5), as torchvision and SimCLR do.
+    y = _conv(filters, 3, strides, f"{name}_conv2")(y)
+    y = batch_norm(synchronized, f"{name}_bn2")(y)
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = _conv(out_filters, 1, 1, f"{name}_conv3")(y)
+    y = batch_norm(synchronized, f"{name}_bn3", zero_init=True)(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _resnet(block, blocks_per_stage, input_shape, stem, width_multiplier, synchronized_bn, name):
+    _check_args(tuple(input_shape), stem, width_multiplier)
+    width = lambda c: max(1, int(round(c * width_multiplier)))  # noqa: E731
+    inputs = keras.Input(tuple(input_shape), name="images")
+    if stem == "cifar":
+        x = _conv(width(64), 3, 1, "stem_conv")(inputs)
+        x = batch_norm(synchronized_bn, "stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+    else:
+        x = _conv(width(64), 7, 2, "stem_conv")(inputs)
+        x = batch_norm(synchronized_bn, "stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, num_blocks in enumerate(blocks_per_stage):
+        filters = width(64 * 2**stage)
+        for i in range(num_blocks):
+            strides = 2 if (i == 0 and stage > 0) else 1
+            x = block(x, filters, strides, synchronized_bn, f"stage{stage + 1}_block{i + 1}")
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, features, name=name)
+
+
+def ResNet18(input_shape=(32, 32, 3), stem="cifar", width_multiplier=1.0, synchronized_bn=False, name="resnet18"):
+    """ResNet-18 encoder returning the global-average-pooled features.
+
+    Args:
+        input_shape: tuple. `(height, width, channels)`. Defaults to (32, 32, 3).
+        stem: str. "cifar" (3x3 conv, no max-pool) or "imagenet" (7x7/2 conv
+            and max-pool). Defaults to "cifar".
+        width_multiplier: float. Scales every layer's channels. Defaults to 1.0.
+        synchronized_bn: bool. Cross-replica BatchNorm. Defaults to False.
+        name: str. Defaults to "resnet18".
+
+    Input: float32 `[batch, height, width, channels]` in [0, 1].
+    Output: float32 `[batch, 512 * width_multiplier]`.
+
+    Example:
+
+    >>> encoder = ResNet18((32, 32, 3), width_multiplier=0.25)
+    >>> encoder(np.zeros((2, 32, 32, 3))).shape
+    TensorShape([2, 128])
+
+    References:
+        He et al. Deep Residual Learning for Image Recognition. CVPR 2016.
+    """
+    return _resnet(_basic_block, (2, 2, 2, 2), input_shape, stem, width_multiplier, synchronized_bn, name)
+
+
+def ResNet50(input_shape=(224, 224, 3), stem="imagenet", width_multiplier=1.0, synchronized_bn=False, name="resnet50"):
+    """ResNet-50 encoder returning the global-average-pooled features.
+
+    Same arguments as `ResNet18` (defaults: 224x224x3, ImageNet stem).
+
+    Output: float32 `[batch, 2048 * width_multiplier]`.
+    """
+    return _resnet(_bottleneck_block, (3, 4, 6, 3), input_shape, stem, width_multiplier, synchronized_bn, name)
+
+
+def feature_dim(encoder):
+    """Size of an encoder's output vector; a clear error if it is not a vector."""
+    shape = encoder.output_shape
+    if isinstance(shape, list) or len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            f"The encoder must map images to vectors [batch, dim]; its output shape is "
+            f"{shape}. Add a pooling layer (e.g. GlobalAveragePooling2D) at its end."
+        )
+    return int(shape[-1])

@@ -1,0 +1,133 @@
+"""Projection heads (MLPs) that sit between an encoder and a contrastive loss."""
+
+import keras
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class ProjectionHead(keras.layers.Layer):
+    """An MLP projection head `g(h)` for contrastive learning.
+
+    Every hidden layer is Dense -> (BN) -> ReLU; the output layer is Dense,
+    followed by BN when `output_batch_norm` (SimCLR v2 puts BN on every layer
+    of its head, the last one without a bias/beta; MoCo v3 uses BN without
+    affine parameters on the projection output).
+
+    Args:
+        hidden_dims: list of int. Width of each hidden layer.
+        output_dim: int. Projection size.
+        batch_norm: bool. BN in hidden layers (and no Dense bias there, BN's
+            beta replaces it). Defaults to False (SimCLR v1).
+        output_batch_norm: bool. BN on the output. Defaults to False.
+        output_bn_affine: bool. Scale (gamma) on the output BN; its beta is
+            always off, as in SimCLR v2. MoCo v3 turns both off. Defaults to True.
+        synchronized_bn: bool. Cross-replica BN. Defaults to False.
+
+    Input: `[batch, in_dim]`. Output: `[batch, output_dim]`.
+
+    Example:
+
+    >>> head = ProjectionHead([256], 128)  # SimCLR v1: W2 relu(W1 h)
+    >>> head(np.zeros((4, 512))).shape
+    TensorShape([4, 128])
+    """
+
+    def __init__(
+        self,
+        hidden_dims,
+        output_dim,
+        batch_norm=False,
+        output_batch_norm=False,
+        output_bn_affine=True,
+        synchronized_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dims = [int(d) for d in hidden_dims]
+        self.output_dim = int(output_dim)
+        self.batch_norm = batch_norm
+        self.output_batch_norm = output_batch_norm
+        self.output_bn_affine = output_bn_affine
+        self.synchronized_bn = synchronized_bn
+        self.blocks = []
+        for i, dim in enumerate(self.hidden_dims):
+            block = [layers.Dense(dim, use_bias=not batch_norm, name=f"dense{i}")]
+            if batch_norm:
+                block.append(
+                    layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name=f"bn{i}")
+                )
+            block.append(layers.ReLU(name=f"relu{i}"))
+            self.blocks.append(block)
+        self.output_dense = layers.Dense(self.output_dim, use_bias=not output_batch_norm, name="output_dense")
+        self.output_bn = None
+        if output_batch_norm:
+            self.output_bn = layers.BatchNormalization(
+                momentum=0.9,
+                epsilon=1e-5,
+                center=False,
+                scale=output_bn_affine,
+                synchronized=synchronized_bn,
+                name="output_bn",
+            )
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for block in self.blocks:
+            for layer in block:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+        self.output_dense.build(shape)
+        shape = self.output_dense.compute_output_shape(shape)
+        if self.output_bn is not None:
+            self.output_bn.build(shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        for block in self.blocks:
+            for layer in block:
+                x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        x = self.output_dense(x)
+        if self.output_bn is not None:
+            x = self.output_bn(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dims=self.hidden_dims,
+            output_dim=self.output_dim,
+            batch_norm=self.batch_norm,
+            output_batch_norm=self.output_batch_norm,
+            output_bn_affine=self.output_bn_affine,
+            synchronized_bn=self.synchronized_bn,
+        )
+        return config
+
+
+def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=None, synchronized_bn=False):
+    """SimCLR's projection head.
+
+    Args:
+        version: int. 1: Dense(hidden) -> ReLU -> Dense(out) (SimCLR v1,
+            section 2.1). 2: three layers, BN on each (SimCLR v2, section 2).
+        feature_dim: int. Encoder output size (the default hidden width).
+        projection_dim: int. Defaults to 128 as in the paper.
+        hidden_dim: int or None. Defaults to `feature_dim`.
+        synchronized_bn: bool. Defaults to False.
+    """
+    hidden = int(hidden_dim or feature_dim)
+    if version == 1:
+        return ProjectionHead([hidden], projection_dim, name="projection_head")
+    if version == 2:
+        return ProjectionHead(
+            [hidden, hidden],
+            projection_dim,
+            batch_norm=True,
+            output_batch_norm=True,
+            synchronized_bn=synchronized_bn,
+            name="projection_head",
+        )
+    raise ValueError(f"SimCLR projection head `version` must be 1 or 2; got {version!r}.")

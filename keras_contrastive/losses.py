@@ -1,0 +1,141 @@
+"""Contrastive losses, written in `keras.ops` with float32 similarity logits.
+
+Under a `tf.distribute` strategy every loss here gathers the embeddings of all
+replicas (see `keras_contrastive.distributed`), so the negatives of an anchor
+are drawn from the global batch and N replicas compute what one replica
+computes on the same global batch. Each replica returns the mean over its own
+anchors; the mean of those over replicas is the global mean, which is what
+trainers optimize (they divide by the number of replicas before the gradient
+all-reduce sums them).
+"""
+
+import keras
+from keras import ops
+
+from keras_contrastive import distributed
+
+
+def _check_temperature(temperature):
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(
+            f"`temperature` must be > 0, got {temperature}. SimCLR uses 0.1-0.5 "
+            "(0.5 for CIFAR-size images, paper Table 5)."
+        )
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """L2-normalizes `x` in float32 (cosine similarity needs unit vectors).
+
+    Computed in float32 whatever the input dtype, so bfloat16/float16
+    embeddings do not lose the small differences that a temperature of 0.05
+    magnifies twentyfold.
+    """
+    x = ops.cast(x, "float32")
+    norm_sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(norm_sq, epsilon))
+
+
+def nt_xent_logits(z1, z2, temperature):
+    """Logits and positive indices of NT-Xent for this replica's 2n anchors.
+
+    Candidates are the 2N views of the global batch (N = n x replicas), laid out
+    as `[all first views ; all second views]`; an anchor's own column is masked
+    with -inf.
+
+    Args:
+        z1: Tensor `[n, dim]`, embeddings of the first view of each image.
+        z2: Tensor `[n, dim]`, embeddings of the second view.
+        temperature: float > 0.
+
+    Returns:
+        `(logits, labels)`: float32 `[2n, 2N]` and int32 `[2n]`. Rows
+        `[0, n)` are the first views as anchors, rows `[n, 2n)` the second views.
+    """
+    _check_temperature(temperature)
+    z1 = l2_normalize(z1)
+    z2 = l2_normalize(z2)
+    n = ops.shape(z1)[0]
+    # Negatives from every replica; after the gather this replica's rows start
+    # at `offset` within each half of the candidate set.
+    z1_all = distributed.all_gather(z1)
+    z2_all = distributed.all_gather(z2)
+    big_n = ops.shape(z1_all)[0]
+    candidates = ops.concatenate([z1_all, z2_all], axis=0)  # [2N, dim]
+    anchors = ops.concatenate([z1, z2], axis=0)  # [2n, dim]
+    logits = ops.matmul(anchors, ops.transpose(candidates)) / temperature
+
+    offset = distributed.global_offset(n)
+    local = ops.arange(n, dtype="int32") + offset
+    # Anchor i of view 1 is column local[i]; its positive is view 2's column
+    # N + local[i]. For view-2 anchors the roles swap.
+    self_index = ops.concatenate([local, local + big_n], axis=0)
+    labels = ops.concatenate([local + big_n, local], axis=0)
+    self_mask = ops.one_hot(self_index, 2 * big_n, dtype="bool")
+    logits = ops.where(self_mask, float("-inf"), logits)
+    return logits, labels
+
+
+def cross_entropy_from_logits(logits, labels):
+    """Per-row `-log softmax(logits)[label]`, float32 `[rows]`.
+
+    Written with logsumexp so that -inf (masked) columns are exact zeros in the
+    softmax and never produce NaN.
+    """
+    picked = ops.take_along_axis(logits, ops.expand_dims(labels, 1), axis=1)[:, 0]
+    return ops.logsumexp(logits, axis=1) - picked
+
+
+def nt_xent(z1, z2, temperature=0.5):
+    """NT-Xent, the SimCLR loss (Chen et al. 2020, eq. 1), mean over all 2N anchors.
+
+    l(i, j) = -log( exp(sim(z_i, z_j)/t) / sum_{k != i} exp(sim(z_i, z_k)/t) )
+    with sim the cosine similarity; every one of the 2N views is an anchor and
+    the loss is the mean of l over them. Inputs are L2-normalized here.
+
+    Args:
+        z1: Tensor `[batch, dim]`, projections of the first views.
+        z2: Tensor `[batch, dim]`, projections of the second views (row i is
+            the positive of row i of `z1`).
+        temperature: float > 0. Defaults to 0.5.
+
+    Returns:
+        float32 scalar. Under a strategy: the mean over this replica's anchors,
+        with negatives from all replicas.
+
+    Example:
+
+    >>> z1 = keras.random.normal((8, 16)); z2 = keras.random.normal((8, 16))
+    >>> float(nt_xent(z1, z2, 0.5)) > 0
+    True
+
+    References:
+        Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive
+        Learning of Visual Representations. ICML 2020.
+    """
+    logits, labels = nt_xent_logits(z1, z2, temperature)
+    return ops.mean(cross_entropy_from_logits(logits, labels))
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class NTXent(keras.losses.Loss):
+    """NT-Xent as a `keras.losses.Loss` on `y_pred = [batch, 2, dim]`.
+
+    Args:
+        temperature: float > 0. Defaults to 0.5.
+
+    `y_true` is ignored. Convenient when a model outputs the two projections
+    stacked; the trainers call `nt_xent` directly.
+    """
+
+    def __init__(self, temperature=0.5, name="nt_xent", **kwargs):
+        _check_temperature(temperature)
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        return nt_xent(y_pred[:, 0], y_pred[:, 1], self.temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config["temperature"] = self.temperature
+        return config

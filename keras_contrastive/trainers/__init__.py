@@ -1,0 +1,4 @@
+"""Trainers: one method per file, sharing `ContrastiveTrainer`."""
+
+from keras_contrastive.trainers.base import ContrastiveTrainer
+from keras_contrastive.trainers.simclr import SimCLR

@@ -1,0 +1,236 @@
+"""The shared base of every contrastive trainer.
+
+A trainer is a plain `keras.Model` with its own `train_step`/`test_step`,
+trained with `model.fit`. The base holds what every method shares: the
+encoder, the augmenter(s), the optional online linear probe, the metrics, the
+Keras duties of a custom step (loss / replicas, `optimizer.scale_loss`) and
+(de)serialization. A method subclass only defines its heads and
+`contrastive_loss(features, training)`.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_contrastive import distributed
+from keras_contrastive.encoders import feature_dim as _feature_dim
+from keras_contrastive.losses import cross_entropy_from_logits
+
+
+def _serialize(obj):
+    if obj is None:
+        return None
+    if isinstance(obj, (list, tuple)):
+        return [keras.saving.serialize_keras_object(o) for o in obj]
+    return keras.saving.serialize_keras_object(obj)
+
+
+def _deserialize(config):
+    if config is None:
+        return None
+    if isinstance(config, list):
+        return [keras.saving.deserialize_keras_object(c) for c in config]
+    return keras.saving.deserialize_keras_object(config)
+
+
+class ContrastiveTrainer(keras.Model):
+    """Base class: encoder + augmenter + online probe + the custom step.
+
+    Data given to `fit` / `evaluate` is either
+    * views, float32 `[batch, num_views, H, W, C]` in [0, 1], as made on the
+      host by `keras_contrastive.data.contrastive_views` (the default path,
+      see `views_dataset`): every replica then sees exactly the views one
+      replica would see; or
+    * raw images `[batch, H, W, C]` (uint8 or float in [0, 1]): the trainer's
+      augmenter runs inside the step, seeded by the step counter and the
+      replica id (convenient for `fit(x_numpy)`, not bit-identical across
+      replica counts);
+    optionally with integer labels `[batch]` for the online linear probe.
+
+    Args:
+        encoder: keras.Model. Images (float32 in [0, 1]) to `[batch, dim]`.
+        augmenter: a layer (used for every view) or a list of `num_views`
+            layers, each called as `augmenter(images, seed=...)`. May be None
+            if the data always arrives as views.
+        num_classes: int or None. Adds an online linear probe on the
+            stop-gradient features, trained from the labels in the data, that
+            reports `probe_accuracy` and never changes the encoder's
+            gradients (SimCLR appendix B.6). Defaults to None.
+        seed: int. Seed of the in-step augmentation. Defaults to 0.
+    """
+
+    #: Number of augmented views per image that the method consumes.
+    num_views = 2
+
+    def __init__(self, encoder, augmenter=None, num_classes=None, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(encoder, keras.Model):
+            raise ValueError(f"`encoder` must be a keras.Model; got {type(encoder).__name__}.")
+        self.encoder = encoder
+        self.feature_dim = _feature_dim(encoder)
+        if isinstance(augmenter, (list, tuple)):
+            if len(augmenter) != self.num_views:
+                raise ValueError(
+                    f"Got {len(augmenter)} augmenters for {self.num_views} views; pass one "
+                    "augmenter (used for every view) or one per view."
+                )
+            augmenter = list(augmenter)
+        self.augmenter = augmenter
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"`num_classes` must be >= 2 or None; got {num_classes}.")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.seed = int(seed)
+        self.probe = None
+        if self.num_classes:
+            self.probe = keras.layers.Dense(self.num_classes, name="online_probe")
+            self.probe.build((None, self.feature_dim))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+        self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
+        self._extra_trackers = {}
+
+    # ----------------------------------------------------------- subclass API
+    def contrastive_loss(self, features, training):
+        """The method's loss on the encoder features of each view.
+
+        Args:
+            features: list of `num_views` tensors `[local_batch, feature_dim]`.
+            training: bool.
+
+        Returns:
+            `(loss, metrics)`: float32 scalar, the mean over this replica's
+            anchors (negatives from all replicas), and a dict of float scalars
+            to report (each becomes a tracked mean).
+        """
+        raise NotImplementedError
+
+    def _track(self, name):
+        if name not in self._extra_trackers:
+            self._extra_trackers[name] = keras.metrics.Mean(name=name)
+        return self._extra_trackers[name]
+
+    # ------------------------------------------------------------------ model
+    def call(self, images, training=False):
+        """Encoder features of float images in [0, 1]: `[batch, feature_dim]`."""
+        return self.encoder(images, training=training)
+
+    @property
+    def metrics(self):
+        trackers = [self.loss_tracker, *self._extra_trackers.values()]
+        if self.probe is not None:
+            trackers += [self.probe_loss_tracker, self.probe_accuracy]
+        return trackers
+
+    def views_dataset(self, dataset, batch_size, **kwargs):
+        """`keras_contrastive.data.contrastive_views` with this trainer's augmenter."""
+        from keras_contrastive import data
+
+        if self.augmenter is None:
+            raise ValueError("This trainer has no augmenter; pass one to the constructor.")
+        return data.contrastive_views(dataset, self.augmenter, batch_size, num_views=self.num_views, **kwargs)
+
+    # ------------------------------------------------------------------- step
+    def _augmenter_for(self, view):
+        if isinstance(self.augmenter, list):
+            return self.augmenter[view]
+        return self.augmenter
+
+    def _to_views(self, x, training):
+        """`[batch, V, H, W, C]` views from either views or raw images."""
+        x = tf.convert_to_tensor(x)
+        rank = x.shape.rank
+        if rank == 5:
+            if x.shape[1] is not None and x.shape[1] != self.num_views:
+                raise ValueError(
+                    f"{type(self).__name__} takes {self.num_views} views per image; the data "
+                    f"has {x.shape[1]} (shape {x.shape})."
+                )
+            return [ops.cast(x[:, v], "float32") for v in range(self.num_views)]
+        if rank == 4:
+            if self.augmenter is None:
+                raise ValueError(
+                    "Got raw images [batch, H, W, C] but the trainer has no augmenter; pass "
+                    "`augmenter=` or feed views from `model.views_dataset(...)`."
+                )
+            # In-step augmentation: a distinct stateless seed per step, replica
+            # and view, so no random state has to be kept in sync.
+            step = self.optimizer.iterations if (training and self.optimizer is not None) else 0
+            stream = ops.cast(step, "int32") * distributed.num_replicas() + distributed.replica_id()
+            views = []
+            for v in range(self.num_views):
+                seed = tf.stack([tf.constant(self.seed, tf.int32), stream * self.num_views + v])
+                views.append(self._augmenter_for(v)(x, seed=seed))
+            return views
+        raise ValueError(
+            f"Expected views [batch, {self.num_views}, H, W, C] or images [batch, H, W, C]; "
+            f"got shape {x.shape}."
+        )
+
+    def _forward(self, data, training):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        views = self._to_views(x, training)
+        # One encoder call on all views: BatchNorm statistics cover the 2N
+        # views together, as in SimCLR's reference code.
+        features = self.encoder(ops.concatenate(views, axis=0), training=training)
+        features = ops.split(features, self.num_views, axis=0) if self.num_views > 1 else [features]
+        loss, extra = self.contrastive_loss(features, training=training)
+        probe_loss, probe_logits, probe_labels = None, None, None
+        if self.probe is not None and y is not None:
+            # stop_gradient: the probe learns from the features but never
+            # sends gradient into the encoder.
+            probe_in = ops.stop_gradient(ops.concatenate(features, axis=0))
+            probe_logits = ops.cast(self.probe(probe_in), "float32")
+            probe_labels = ops.tile(ops.cast(ops.reshape(y, (-1,)), "int32"), (self.num_views,))
+            probe_loss = ops.mean(cross_entropy_from_logits(probe_logits, probe_labels))
+        return loss, extra, probe_loss, probe_logits, probe_labels
+
+    def _update_metrics(self, loss, extra, probe_loss, probe_logits, probe_labels):
+        self.loss_tracker.update_state(loss)
+        for name, value in extra.items():
+            self._track(name).update_state(value)
+        if probe_loss is not None:
+            self.probe_loss_tracker.update_state(probe_loss)
+            self.probe_accuracy.update_state(probe_labels, probe_logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss, extra, probe_loss, probe_logits, probe_labels = self._forward(data, training=True)
+            total = loss if probe_loss is None else loss + probe_loss
+            # Keras' duties in a custom step: each replica's loss is the mean
+            # over its own examples and the optimizer all-reduces (sums)
+            # gradients, so divide by the replica count; then the
+            # mixed-precision loss scale.
+            total = total / ops.cast(distributed.num_replicas(), total.dtype)
+            total = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        gradients = tape.gradient(total, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._update_metrics(loss, extra, probe_loss, probe_logits, probe_labels)
+
+    def test_step(self, data):
+        return self._update_metrics(*self._forward(data, training=False))
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.convert_to_tensor(x)
+        if x.dtype == tf.uint8:
+            x = tf.cast(x, tf.float32) / 255.0
+        return self.encoder(x, training=False)
+
+    # -------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            "name": self.name,
+            "encoder": _serialize(self.encoder),
+            "augmenter": _serialize(self.augmenter),
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = _deserialize(config["encoder"])
+        config["augmenter"] = _deserialize(config.get("augmenter"))
+        return cls(**config)

@@ -1,0 +1,100 @@
+"""SimCLR: encoder + projection head + NT-Xent over 2N views."""
+
+import keras
+from keras import ops
+
+from keras_contrastive import heads
+from keras_contrastive import losses
+from keras_contrastive.trainers.base import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class SimCLR(ContrastiveTrainer):
+    """SimCLR trainer (Chen et al. 2020): a `keras.Model` trained with `fit`.
+
+    Each image gives two views; the encoder maps both to features h, the
+    projection head to z, and NT-Xent treats the other view of the same image
+    as the positive and the 2(N-1) other views of the global batch (all
+    replicas) as negatives. Downstream uses `model.encoder` alone.
+
+    Args:
+        encoder: keras.Model. Float images in [0, 1] to `[batch, dim]`.
+        augmenter: layer or pair of layers (see `ContrastiveTrainer`).
+        temperature: float > 0. Defaults to 0.5 (paper's CIFAR-10 setting;
+            0.1 for ImageNet with large batches, Table 5 / appendix B.9).
+        projection_dim: int. Defaults to 128.
+        projection_hidden_dim: int or None. Defaults to the feature size.
+        head_version: int. 1 (2-layer MLP, SimCLR v1) or 2 (3 layers with BN,
+            SimCLR v2). Defaults to 2.
+        synchronized_bn: bool. Cross-replica BN in the head. Defaults to False.
+        num_classes: int or None. Online linear probe. Defaults to None.
+        seed: int. In-step augmentation seed. Defaults to 0.
+
+    Inputs to `fit`: views `[batch, 2, H, W, C]` (from `model.views_dataset`)
+    or raw images `[batch, H, W, C]`, optionally with labels `[batch]`.
+
+    Metrics: `loss` (NT-Xent), `contrastive_accuracy` (top-1 of the positive
+    among the 2N - 1 candidates) and, with labels and `num_classes`,
+    `probe_loss` / `probe_accuracy`.
+
+    Example:
+
+    >>> model = SimCLR(ResNet18((32, 32, 3), width_multiplier=0.25), SimCLRAugmenter(32))
+    >>> model.compile(optimizer=LARS(learning_rate=0.3))
+    >>> model.fit(model.views_dataset(kc.data.load("fashion_mnist"), 256), epochs=1)
+
+    References:
+        Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive
+        Learning of Visual Representations. ICML 2020.
+        Chen et al. Big Self-Supervised Models are Strong Semi-Supervised
+        Learners. NeurIPS 2020 (SimCLR v2 head).
+    """
+
+    num_views = 2
+
+    def __init__(
+        self,
+        encoder,
+        augmenter=None,
+        temperature=0.5,
+        projection_dim=128,
+        projection_hidden_dim=None,
+        head_version=2,
+        synchronized_bn=False,
+        num_classes=None,
+        seed=0,
+        **kwargs,
+    ):
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"`temperature` must be a number > 0; got {temperature!r}.")
+        super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, **kwargs)
+        self.temperature = float(temperature)
+        self.projection_dim = int(projection_dim)
+        self.projection_hidden_dim = projection_hidden_dim
+        self.head_version = head_version
+        self.synchronized_bn = synchronized_bn
+        self.projection_head = heads.simclr_projection_head(
+            head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
+        )
+        self.projection_head.build((None, self.feature_dim))
+        self._track("contrastive_accuracy")
+        self.built = True
+
+    def contrastive_loss(self, features, training):
+        z = self.projection_head(ops.concatenate(features, axis=0), training=training)
+        z1, z2 = ops.split(z, 2, axis=0)
+        logits, labels = losses.nt_xent_logits(z1, z2, self.temperature)
+        loss = ops.mean(losses.cross_entropy_from_logits(logits, labels))
+        accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == labels, "float32"))
+        return loss, {"contrastive_accuracy": accuracy}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            temperature=self.temperature,
+            projection_dim=self.projection_dim,
+            projection_hidden_dim=self.projection_hidden_dim,
+            head_version=self.head_version,
+            synchronized_bn=self.synchronized_bn,
+        )
+        return config
