@@ -246,7 +246,7 @@ def _to_float_images(images):
         raise ValueError(
             f"Images must be uint8 in [0, 255] or float in [0, 1]; got dtype {images.dtype.name}."
         )
-    images = tf.cast(images, tf.float32)
+    images = tf.debugging.check_numerics(tf.cast(images, tf.float32), "Images contain NaN or inf")
     # A cheap host-side check: float data in [0, 255] is the classic mistake.
     tf.debugging.assert_greater_equal(
         tf.reduce_min(images), 0.0, message="Float images must be in [0, 1] (divide by 255?)"

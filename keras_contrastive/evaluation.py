@@ -1,0 +1,188 @@
+"""Evaluate frozen encoders: feature extraction, weighted kNN, linear probe.
+
+All three batch their work and show a progress bar (`verbose=1`).
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+
+def _as_float_images(images):
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+def extract_features(encoder, images, batch_size=512, verbose=1):
+    """Runs a frozen encoder (inference mode) over images.
+
+    Args:
+        encoder: keras.Model (or a trainer: its `.encoder` is used).
+        images: uint8 `[N, H, W, C]` (divided by 255 here) or float in
+            [0, 1]; or a `tf.data.Dataset` of such images (or of
+            `(images, labels)`; labels are then returned too), batched or not.
+        batch_size: int. Defaults to 512.
+        verbose: int. 1 shows a progress bar. Defaults to 1.
+
+    Returns:
+        float32 numpy `[N, dim]`; for a dataset of `(images, labels)`, the
+        tuple `(features, labels)`.
+    """
+    encoder = getattr(encoder, "encoder", encoder)
+    if isinstance(images, tf.data.Dataset):
+        dataset = images
+        spec = dataset.element_spec
+        first = spec[0] if isinstance(spec, tuple) else spec
+        if first.shape.rank == 3:
+            dataset = dataset.batch(batch_size)
+        total = None
+    else:
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"Expected images [N, H, W, C]; got shape {images.shape}.")
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        total = int(np.ceil(len(images) / batch_size))
+
+    @tf.function(reduce_retracing=True)
+    def embed(x):
+        return encoder(_as_float_images(x), training=False)
+
+    progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+    features, labels = [], []
+    for i, batch in enumerate(dataset):
+        if isinstance(batch, tuple):
+            batch, y = batch[0], batch[1]
+            labels.append(np.asarray(y))
+        features.append(embed(batch).numpy())
+        if progbar is not None:
+            progbar.update(i + 1)
+    features = np.concatenate(features).astype("float32")
+    if labels:
+        return features, np.concatenate(labels)
+    return features
+
+
+def knn_predict(train_features, train_labels, test_features, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=0):
+    """Weighted kNN class predictions over a feature bank.
+
+    Cosine similarity between L2-normalized features; each of the k nearest
+    training features votes for its class with weight exp(sim / temperature)
+    (Wu et al. 2018, the protocol most self-supervised papers report).
+
+    Args:
+        train_features: float `[N, dim]`, the bank.
+        train_labels: int `[N]`.
+        test_features: float `[M, dim]`.
+        k: int. Neighbours. Defaults to 200.
+        temperature: float > 0. Defaults to 0.1.
+        num_classes: int or None. Defaults to `max(train_labels) + 1`.
+        batch_size: int. Test rows per similarity block. Defaults to 1024.
+        verbose: int. Defaults to 0.
+
+    Returns:
+        int numpy `[M]` predicted classes.
+    """
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
+    if len(train_labels) != len(train_features):
+        raise ValueError(
+            f"{len(train_features)} training features but {len(train_labels)} labels."
+        )
+    num_classes = int(num_classes or train_labels.max() + 1)
+    k = int(min(k, len(train_labels)))
+    bank = tf.math.l2_normalize(tf.constant(train_features, tf.float32), axis=1)
+    bank_labels = tf.constant(train_labels)
+
+    @tf.function
+    def predict_block(queries):
+        queries = tf.math.l2_normalize(queries, axis=1)
+        sims, idx = tf.math.top_k(tf.matmul(queries, bank, transpose_b=True), k=k)
+        weights = tf.exp(sims / temperature)
+        votes = tf.one_hot(tf.gather(bank_labels, idx), num_classes) * weights[..., None]
+        return tf.argmax(tf.reduce_sum(votes, axis=1), axis=1, output_type=tf.int32)
+
+    test_features = np.asarray(test_features, "float32")
+    blocks = range(0, len(test_features), batch_size)
+    progbar = keras.utils.Progbar(len(blocks), unit_name="block") if verbose else None
+    predictions = []
+    for i, start in enumerate(blocks):
+        predictions.append(predict_block(tf.constant(test_features[start : start + batch_size])).numpy())
+        if progbar is not None:
+            progbar.update(i + 1)
+    return np.concatenate(predictions)
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=1):
+    """Accuracy of the weighted kNN classifier (see `knn_predict`).
+
+    Args:
+        train_features, train_labels, test_features: as in `knn_predict`.
+        test_labels: int `[M]`.
+        k, temperature, num_classes, batch_size, verbose: as in `knn_predict`.
+
+    Returns:
+        float in [0, 1].
+
+    Example:
+
+    >>> bank = np.eye(3); labels = np.arange(3)
+    >>> knn_accuracy(bank, labels, bank, labels, k=1)
+    1.0
+    """
+    test_labels = np.asarray(test_labels).reshape(-1)
+    if len(test_labels) != len(test_features):
+        raise ValueError(f"{len(test_features)} test features but {len(test_labels)} labels.")
+    predictions = knn_predict(
+        train_features, train_labels, test_features, k, temperature, num_classes, batch_size, verbose
+    )
+    return float(np.mean(predictions == test_labels))
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, num_classes=None, epochs=30, batch_size=1024, learning_rate=1e-2, weight_decay=1e-4, seed=0, verbose=1):
+    """Logistic regression on frozen, standardized features; test accuracy.
+
+    Features are standardized with the training mean and std, then a single
+    softmax layer is trained with AdamW and a cosine schedule (multinomial
+    logistic regression with L2 regularization).
+
+    Args:
+        train_features: float `[N, dim]`. train_labels: int `[N]`.
+        test_features: float `[M, dim]`. test_labels: int `[M]`.
+        num_classes: int or None. Defaults to `max(train_labels) + 1`.
+        epochs: int. Defaults to 30.
+        batch_size: int. Defaults to 1024.
+        learning_rate: float. Peak rate. Defaults to 1e-2.
+        weight_decay: float. Defaults to 1e-4.
+        seed: int. Defaults to 0.
+        verbose: int. Keras fit verbosity. Defaults to 1.
+
+    Returns:
+        float in [0, 1], accuracy on the test features.
+    """
+    train_features = np.asarray(train_features, "float32")
+    test_features = np.asarray(test_features, "float32")
+    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
+    test_labels = np.asarray(test_labels).astype("int32").reshape(-1)
+    if len(train_labels) != len(train_features) or len(test_labels) != len(test_features):
+        raise ValueError("Each feature array needs exactly one label per row.")
+    num_classes = int(num_classes or max(train_labels.max(), test_labels.max()) + 1)
+    mean = train_features.mean(axis=0)
+    std = train_features.std(axis=0) + 1e-6
+    train_x = (train_features - mean) / std
+    test_x = (test_features - mean) / std
+
+    keras.utils.set_random_seed(seed)
+    classifier = keras.Sequential([keras.Input((train_x.shape[1],)), keras.layers.Dense(num_classes)])
+    steps = epochs * int(np.ceil(len(train_x) / batch_size))
+    classifier.compile(
+        optimizer=keras.optimizers.AdamW(
+            keras.optimizers.schedules.CosineDecay(learning_rate, steps), weight_decay=weight_decay
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    classifier.fit(train_x, train_labels, batch_size=batch_size, epochs=epochs, verbose=verbose)
+    logits = classifier.predict(test_x, batch_size=4096, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == test_labels))

@@ -1,0 +1,167 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_contrastive import augment
+
+
+def images(n=8, size=28, channels=3, seed=0):
+    return (np.random.default_rng(seed).random((n, size, size, channels)) * 255).astype("uint8")
+
+
+SEED = tf.constant([3, 4])
+
+
+def test_shape_dtype_range():
+    out = augment.SimCLRAugmenter(32, seed=1)(images(), seed=SEED)
+    assert out.shape == (8, 32, 32, 3) and out.dtype == tf.float32
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+
+
+def test_seeded_runs_repeat_and_seeds_differ():
+    aug = augment.SimCLRAugmenter(32, blur=True)
+    x = images()
+    a, b = aug(x, seed=SEED), aug(x, seed=SEED)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    c = aug(x, seed=tf.constant([3, 5]))
+    assert np.abs(a.numpy() - c.numpy()).mean() > 0.01
+    # A fresh layer with the same constructor seed repeats its unseeded calls.
+    np.testing.assert_array_equal(
+        augment.SimCLRAugmenter(32, seed=7)(x).numpy(), augment.SimCLRAugmenter(32, seed=7)(x).numpy()
+    )
+
+
+def test_every_image_gets_its_own_parameters():
+    x = np.repeat(images(1), 16, axis=0)  # 16 copies of one image
+    out = augment.SimCLRAugmenter(28, seed=0)(x, seed=SEED).numpy()
+    distinct = {out[i].tobytes() for i in range(16)}
+    assert len(distinct) == 16
+
+
+def test_eager_equals_tf_data():
+    aug = augment.SimCLRAugmenter(32, blur=True)
+    x = images(8)
+    eager = aug(x, seed=SEED).numpy()
+    ds = tf.data.Dataset.from_tensors(x).map(lambda b: aug(b, seed=SEED))
+    np.testing.assert_allclose(next(iter(ds)).numpy(), eager, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grayscale_and_rgb_inputs(channels):
+    out = augment.SimCLRAugmenter(32, seed=0)(images(channels=channels), seed=SEED)
+    assert out.shape == (8, 32, 32, channels)
+
+
+def test_single_image_and_float_input():
+    x = images(1)[0]
+    out = augment.SimCLRAugmenter(16, seed=0)(x.astype("float32") / 255.0, seed=SEED)
+    assert out.shape == (16, 16, 3)
+
+
+def test_two_views_of_an_image_differ():
+    aug = augment.SimCLRAugmenter(28)
+    x = images(4)
+    v1, v2 = aug(x, seed=tf.constant([0, 0])), aug(x, seed=tf.constant([0, 1]))
+    assert np.all(np.abs(v1.numpy() - v2.numpy()).reshape(4, -1).mean(axis=1) > 1e-3)
+
+
+def _identity_kwargs():
+    return dict(
+        crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0), horizontal_flip=False,
+        color_jitter_probability=0.0, grayscale_probability=0.0, blur=False,
+    )
+
+
+def test_everything_off_is_identity():
+    x = images()
+    out = augment.SimCLRAugmenter(28, **_identity_kwargs())(x, seed=SEED)
+    np.testing.assert_allclose(out.numpy(), x / 255.0, atol=1e-6)
+
+
+def test_flip_is_either_identity_or_mirror_about_half_the_time():
+    x = images(200, size=8)
+    kw = {**_identity_kwargs(), "horizontal_flip": True}
+    out = augment.SimCLRAugmenter(8, **kw)(x, seed=SEED).numpy()
+    same = np.all(np.isclose(out, x / 255.0, atol=1e-6), axis=(1, 2, 3))
+    mirrored = np.all(np.isclose(out, x[:, :, ::-1] / 255.0, atol=1e-6), axis=(1, 2, 3))
+    assert np.all(same | mirrored)
+    assert 70 < mirrored.sum() < 130
+
+
+def test_grayscale_probability():
+    x = images(400, size=4)
+    kw = {**_identity_kwargs(), "grayscale_probability": 0.2}
+    out = augment.SimCLRAugmenter(4, **kw)(x, seed=SEED).numpy()
+    gray = np.all(np.isclose(out[..., 0], out[..., 1]) & np.isclose(out[..., 1], out[..., 2]), axis=(1, 2))
+    assert 50 < gray.sum() < 110  # 80 expected
+
+
+def test_crop_keeps_a_region_of_the_requested_area():
+    # A ramp image: a crop's value range tells which part of the image it kept.
+    ramp = np.tile(np.linspace(0, 255, 64).astype("uint8")[None, :, None], (64, 1, 3))[None]
+    x = np.repeat(ramp, 64, axis=0)
+    out = augment.random_resized_crop(SEED, tf.cast(x, tf.float32) / 255.0, (64, 64), area=(0.25, 0.25),
+                                      aspect_ratio=(1.0, 1.0)).numpy()
+    widths = out[:, 0, -1, 0] - out[:, 0, 0, 0]  # fraction of the ramp covered
+    np.testing.assert_allclose(widths, 0.5 * 63 / 63, atol=0.03)
+
+
+def test_color_jitter_brightness_factor_range():
+    x = np.full((500, 2, 2, 1), 0.5, "float32")
+    out = augment.color_jitter(SEED, tf.constant(x), strength=0.5).numpy()[:, 0, 0, 0]
+    # Brightness factor in [0.6, 1.4] and contrast leaves a flat image flat.
+    assert out.min() >= 0.3 - 1e-6 and out.max() <= 0.7 + 1e-6
+    assert out.std() > 0.05
+
+
+def test_blur_preserves_mean_of_constant_interior_and_smooths():
+    x = np.zeros((2, 33, 33, 1), "float32")
+    x[:, 16, 16, 0] = 1.0
+    out = augment.gaussian_blur(SEED, tf.constant(x), kernel_size=9).numpy()
+    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+    assert np.all(out[:, 16, 16, 0] < 1.0)
+
+
+def test_solarize():
+    x = tf.constant([[[[0.2], [0.7]]]])
+    np.testing.assert_allclose(augment.solarize(x).numpy().ravel(), [0.2, 0.3], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 3), "uint8"), "Expected images"),
+        (np.zeros((2, 8, 8, 2), "uint8"), "1 or 3 channels"),
+        (np.zeros((2, 8, 8, 3), "int32"), "uint8"),
+    ],
+)
+def test_bad_inputs_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        augment.SimCLRAugmenter(8)(bad)
+
+
+def test_nan_and_out_of_range_floats_raise():
+    aug = augment.SimCLRAugmenter(8)
+    x = np.zeros((2, 8, 8, 3), "float32")
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        aug(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="divide by 255"):
+        aug(np.full((2, 8, 8, 3), 255.0, "float32"))
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="crop_area"):
+        augment.SimCLRAugmenter(8, crop_area=(0.5, 0.2))
+    with pytest.raises(ValueError, match="grayscale_probability"):
+        augment.SimCLRAugmenter(8, grayscale_probability=1.5)
+    with pytest.raises(ValueError, match="preset"):
+        augment.simclr_preset("nope", 8)
+
+
+def test_config_round_trip_and_presets():
+    aug = augment.simclr_preset("cifar", 32, seed=3)
+    clone = augment.SimCLRAugmenter.from_config(aug.get_config())
+    x = images()
+    np.testing.assert_array_equal(aug(x, seed=SEED).numpy(), clone(x, seed=SEED).numpy())
+    assert not aug.blur_enabled and augment.SimCLRAugmenter(96).blur_enabled

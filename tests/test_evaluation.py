@@ -1,0 +1,71 @@
+import numpy as np
+import keras
+import pytest
+
+from keras_contrastive import evaluation
+
+
+def test_knn_exact_on_constructed_features():
+    # Two clusters along orthogonal axes; queries near each cluster.
+    bank = np.array([[1, 0.1], [1, -0.1], [0.1, 1], [-0.1, 1]], "float32")
+    labels = np.array([0, 0, 1, 1])
+    queries = np.array([[1, 0], [0, 1], [0.9, 0.2]], "float32")
+    assert evaluation.knn_accuracy(bank, labels, queries, [0, 1, 0], k=2, verbose=0) == 1.0
+    assert evaluation.knn_accuracy(bank, labels, queries, [1, 0, 1], k=2, verbose=0) == 0.0
+
+
+def test_knn_weights_by_similarity():
+    # k=3: two far neighbours of class 1 against one identical neighbour of
+    # class 0; with temperature 0.1 the exp(sim / t) weights let class 0 win.
+    bank = np.array([[1, 0], [0.2, 1], [0.2, 1.1]], "float32")
+    labels = np.array([0, 1, 1])
+    pred = evaluation.knn_predict(bank, labels, np.array([[1, 0]], "float32"), k=3, temperature=0.1)
+    assert pred[0] == 0
+    # Unweighted-ish (huge temperature): the majority wins.
+    pred = evaluation.knn_predict(bank, labels, np.array([[1, 0]], "float32"), k=3, temperature=100.0)
+    assert pred[0] == 1
+
+
+def test_knn_matches_numpy_reference(rng):
+    bank = rng.normal(size=(300, 16)).astype("float32")
+    labels = rng.integers(0, 5, 300)
+    queries = rng.normal(size=(50, 16)).astype("float32")
+    got = evaluation.knn_predict(bank, labels, queries, k=20, temperature=0.1, batch_size=7)
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = q @ b.T
+    want = []
+    for row in sims:
+        idx = np.argsort(-row)[:20]
+        scores = np.zeros(5)
+        np.add.at(scores, labels[idx], np.exp(row[idx] / 0.1))
+        want.append(np.argmax(scores))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_knn_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        evaluation.knn_accuracy(np.ones((3, 2)), [0, 1], np.ones((1, 2)), [0])
+    with pytest.raises(ValueError, match="temperature"):
+        evaluation.knn_predict(np.ones((3, 2)), [0, 1, 1], np.ones((1, 2)), temperature=0)
+
+
+def test_linear_probe_learns_separable_features(rng):
+    centers = rng.normal(size=(3, 8)) * 3
+    y = rng.integers(0, 3, 600)
+    x = (centers[y] + rng.normal(size=(600, 8))).astype("float32")
+    acc = evaluation.linear_probe(x[:500], y[:500], x[500:], y[500:], epochs=20, batch_size=100, verbose=0)
+    assert acc > 0.95
+    # Shuffled labels: no better than chance + noise.
+    acc = evaluation.linear_probe(x[:500], rng.permutation(y[:500]), x[500:], y[500:], epochs=5, verbose=0)
+    assert acc < 0.6
+
+
+def test_extract_features_matches_direct_call_and_uses_inference_mode(rng):
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(3, 3)(inputs))
+    encoder = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    encoder.layers[2].moving_mean.assign([0.5, -0.5, 1.0])
+    images = rng.integers(0, 256, (10, 8, 8, 1)).astype("uint8")
+    feats = evaluation.extract_features(encoder, images, batch_size=3, verbose=0)
+    np.testing.assert_allclose(feats, encoder(images / 255.0, training=False).numpy(), atol=1e-5)
