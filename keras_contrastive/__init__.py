@@ -12,6 +12,7 @@ from keras_contrastive import encoders
 from keras_contrastive import evaluation
 from keras_contrastive import export
 from keras_contrastive import heads
+from keras_contrastive import layers
 from keras_contrastive import losses
 from keras_contrastive import optimizers
 from keras_contrastive.trainers import SimCLR

@@ -13,6 +13,8 @@ load in safe mode) with the two stems used in the contrastive literature:
 import keras
 from keras import layers
 
+from keras_contrastive.layers import batch_normalization
+
 # SimCLR's ResNet uses a BN decay of 0.9 and epsilon 1e-5 (reference resnet.py).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -38,10 +40,10 @@ def batch_norm(synchronized, name, zero_init=False):
     `zero_init` starts the residual branch's last BN at gamma = 0, so every
     block starts as the identity (Goyal et al. 2017, used by SimCLR's ResNet).
     """
-    return layers.BatchNormalization(
+    return batch_normalization(
+        synchronized,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
-        synchronized=synchronized,
         gamma_initializer="zeros" if zero_init else "ones",
         name=name,
     )

@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from keras_contrastive.layers import batch_normalization
+
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
 class ProjectionHead(keras.layers.Layer):
@@ -54,19 +56,19 @@ class ProjectionHead(keras.layers.Layer):
             block = [layers.Dense(dim, use_bias=not batch_norm, name=f"dense{i}")]
             if batch_norm:
                 block.append(
-                    layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name=f"bn{i}")
+                    batch_normalization(synchronized_bn, momentum=0.9, epsilon=1e-5, name=f"bn{i}")
                 )
             block.append(layers.ReLU(name=f"relu{i}"))
             self.blocks.append(block)
         self.output_dense = layers.Dense(self.output_dim, use_bias=not output_batch_norm, name="output_dense")
         self.output_bn = None
         if output_batch_norm:
-            self.output_bn = layers.BatchNormalization(
+            self.output_bn = batch_normalization(
+                synchronized_bn,
                 momentum=0.9,
                 epsilon=1e-5,
                 center=False,
                 scale=output_bn_affine,
-                synchronized=synchronized_bn,
                 name="output_bn",
             )
 

@@ -1,0 +1,1002 @@
+"""Input pipelines for contrastive pre-training and evaluation.
+
+`load` turns a dataset name, a folder of images or in-memory numpy arrays into
+one kind of `tf.data.Dataset`: unbatched `(image, label)` pairs with `uint8`
+images of shape `[H, W, C]` and `int32` scalar labels (or images alone when
+there are no labels). `load_arrays` gives the same data as whole numpy arrays,
+for evaluation code that needs complete splits in memory.
+
+`contrastive_views` batches such a dataset and draws `num_views` augmented
+views of every image, with stateless per-batch, per-view seeds. Augmentation
+therefore happens on the host inside `tf.data` (as TPU input pipelines do), so
+a distributed run feeds every replica exactly the views a single-device run
+would compute, and two iterations of the same pipeline give identical views.
+
+Example:
+
+```python
+ds = keras_contrastive.data.load("fashion_mnist", image_size=32, channels=3)
+views = keras_contrastive.data.contrastive_views(
+    ds, augmenter, batch_size=256, shuffle_buffer=10_000
+)
+for views, labels in views.take(1):
+    print(views.shape)  # (256, 2, 32, 32, 3)
+```
+"""
+
+import gzip
+import math
+import os
+import pathlib
+import re
+
+import numpy as np
+import tensorflow as tf
+
+# Where `load("fashion_mnist")` looks for the idx files shipped by Debian's
+# `dataset-fashion-mnist` package, unless `data_dir` or the environment
+# variable below says otherwise.
+FASHION_MNIST_DIR_ENV = "KC_FASHION_MNIST_DIR"
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# "name" or "name[lo:hi]", each bound empty, an int or a percentage.
+_SPLIT_PATTERN = re.compile(
+    r"^\s*(\w+)\s*(?:\[\s*([^\]:]*?)\s*:\s*([^\]:]*?)\s*\])?\s*$"
+)
+_BOUND_PATTERN = re.compile(r"^(-?\d+)(%?)$")
+# Chunk size used when a dataset is materialised as numpy arrays: large
+# enough that per-batch overhead is negligible, small enough to stay cheap.
+_ARRAY_BATCH = 1024
+
+
+def load(
+    name,
+    split="train",
+    *,
+    labels=True,
+    image_size=None,
+    channels=None,
+    data_dir=None,
+    shuffle_files=False,
+):
+    """Loads an image dataset as an unbatched `tf.data.Dataset`.
+
+    The source is chosen from `name`:
+
+    - `"fashion_mnist"`: the idx files of Debian's `dataset-fashion-mnist`
+      package, read from `data_dir`, else from the directory in the
+      `KC_FASHION_MNIST_DIR` environment variable, else from
+      `/usr/share/datasets/fashion-mnist`. When these files are missing,
+      TensorFlow Datasets is tried instead. Images are `[28, 28, 1]`.
+    - A `pathlib.Path` or a string naming an existing directory: a folder of
+      image files (PNG, JPEG, BMP, GIF). Sub-folders are classes, labelled
+      `0..K-1` in sorted folder-name order; a flat folder has no labels.
+      Images keep their file size (all files must share it unless
+      `image_size` is given); an alpha channel is dropped.
+    - Any other string: a TensorFlow Datasets name, loaded with
+      `tfds.load(name, split=split, data_dir=data_dir, ...)`; its `"image"`
+      and (if present) `"label"` features are used.
+    - A numpy array `x` or a tuple `(x, y)`: `x` is `uint8` of shape
+      `[N, H, W]` or `[N, H, W, C]`, or floating point with values in
+      `[0, 1]` (converted to `uint8` as `round(x * 255)`); `y` holds `N`
+      integer labels.
+
+    Args:
+        name: str, `pathlib.Path`, `np.ndarray` or tuple `(x, y)`. The
+            source, as described above.
+        split: str. Which split to read: `"train"` or `"test"` for
+            Fashion-MNIST, any TensorFlow Datasets split for tfds names.
+            A contiguous part may be selected with `"train[a:b]"`, where
+            `a` and `b` are example indices or percentages (e.g.
+            `"train[:512]"`, `"test[:10%]"`, `"train[-5000:]"`). Arrays
+            accept only `"train"` (optionally sliced); folders only
+            `"train"`. Defaults to `"train"`.
+        labels: bool. Whether to yield `(image, label)` pairs. When `False`,
+            or when the source has no labels, only images are yielded.
+            Defaults to `True`.
+        image_size: int or tuple `(height, width)`, or `None`. Output image
+            size. Smaller images are zero-padded, centred (e.g.
+            Fashion-MNIST 28 -> 32, the protocol the benchmarks use); other
+            images are resized bilinearly (with antialiasing) and rounded
+            back to `uint8`. `None` keeps the source size. Defaults to
+            `None`.
+        channels: int or `None`. `3` repeats a grayscale image to RGB, `1`
+            converts RGB to grayscale (ITU-R 601 luma), `None` keeps the
+            source channels. Defaults to `None`.
+        data_dir: str or `None`. Directory holding the Fashion-MNIST idx
+            files, or TensorFlow Datasets' data directory. Defaults to
+            `None` (see above, and tfds' own default).
+        shuffle_files: bool. Shuffle the file order (tfds datasets and image
+            folders); has no effect on arrays and the single-file
+            Fashion-MNIST idx source. Defaults to `False`.
+
+    Returns:
+        An unbatched `tf.data.Dataset` yielding `(image, label)`, with
+        `image` a `uint8` tensor of shape `[H, W, C]` and `label` an `int32`
+        scalar, or yielding `image` alone.
+
+    Raises:
+        ValueError: if the arguments or the arrays are invalid.
+        FileNotFoundError: if the named data is not available locally and
+            cannot be downloaded.
+    """
+    image_size = _standardize_image_size(image_size)
+    channels = _standardize_channels(channels)
+    if not isinstance(split, str):
+        raise ValueError(
+            f"`split` must be a string such as 'train', 'test' or "
+            f"'train[:512]'. Received: split={split!r}"
+        )
+
+    if isinstance(name, (np.ndarray, tuple)):
+        x, y = _standardize_arrays(name)
+        start, stop = _array_split_bounds(split, len(x))
+        x = x[start:stop]
+        y = None if y is None else y[start:stop]
+        dataset = _dataset_from_arrays(x, y if labels else None)
+    elif isinstance(name, os.PathLike) or (
+        isinstance(name, str) and os.path.isdir(name)
+    ):
+        dataset = _load_directory(
+            pathlib.Path(name),
+            split,
+            labels=labels,
+            shuffle_files=shuffle_files,
+            same_size=image_size is None,
+        )
+    elif isinstance(name, str) and name == "fashion_mnist":
+        dataset = _load_fashion_mnist(
+            split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files
+        )
+    elif isinstance(name, str):
+        dataset = _load_tfds(
+            name,
+            split,
+            labels=labels,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+        )
+    else:
+        raise ValueError(
+            "`name` must be a dataset name (str), a directory of images "
+            "(str or pathlib.Path), a numpy array of images or a tuple "
+            f"(images, labels). Received: name of type {type(name).__name__}"
+        )
+    return _postprocess_dataset(dataset, image_size, channels)
+
+
+def load_arrays(name, split="train", **kwargs):
+    """Loads a whole dataset split into numpy arrays.
+
+    Meant for evaluation code (linear probes, k-NN) that needs complete
+    splits in memory. Takes the same arguments as `load`.
+
+    Args:
+        name: str, `pathlib.Path`, `np.ndarray` or tuple `(x, y)`. The
+            source; see `load`.
+        split: str. The split to read; see `load`. Defaults to `"train"`.
+        **kwargs: The keyword arguments of `load` (`labels`, `image_size`,
+            `channels`, `data_dir`, `shuffle_files`).
+
+    Returns:
+        A tuple `(x, y)`: `x` a `uint8` array of shape `[N, H, W, C]`, `y`
+        an `int32` array of shape `[N]`, or `None` when there are no labels
+        (or `labels=False`).
+
+    Raises:
+        ValueError: if the arguments are invalid or the images do not all
+            have the same size (pass `image_size`).
+        FileNotFoundError: if the data is not available; see `load`.
+    """
+    unknown = set(kwargs) - {
+        "labels",
+        "image_size",
+        "channels",
+        "data_dir",
+        "shuffle_files",
+    }
+    if unknown:
+        raise ValueError(
+            f"Unknown keyword arguments for `load_arrays`: {sorted(unknown)}. "
+            "Expected only the keyword arguments of `load`: labels, "
+            "image_size, channels, data_dir, shuffle_files."
+        )
+    # Fast path: the raw idx arrays need no trip through tf.data.
+    if (
+        isinstance(name, str)
+        and name == "fashion_mnist"
+        and not os.path.isdir(name)
+        and kwargs.get("image_size") is None
+        and kwargs.get("channels") is None
+        and isinstance(split, str)
+    ):
+        arrays = _read_fashion_mnist_local(split, kwargs.get("data_dir"))
+        if arrays is not None:
+            x, y = arrays
+            return x, (y if kwargs.get("labels", True) else None)
+
+    dataset = load(name, split, **kwargs)
+    has_labels = isinstance(dataset.element_spec, tuple)
+    batches = dataset.batch(_ARRAY_BATCH).prefetch(tf.data.AUTOTUNE)
+    xs, ys = [], []
+    try:
+        for batch in batches.as_numpy_iterator():
+            if has_labels:
+                xs.append(batch[0])
+                ys.append(batch[1])
+            else:
+                xs.append(batch)
+    except tf.errors.InvalidArgumentError as error:
+        if "shapes" not in str(error) and "differ in size" not in str(error):
+            raise
+        raise ValueError(
+            f"The images of {_describe(name)} (split {split!r}) do not all have the "
+            "same size, so they cannot be stacked into one array. Pass "
+            "`image_size=...` to bring them to one size."
+        ) from error
+    if not xs:
+        raise ValueError(
+            f"Split {split!r} of {_describe(name)} contains no examples."
+        )
+    x = np.concatenate(xs, axis=0)
+    y = np.concatenate(ys, axis=0) if has_labels else None
+    return x, y
+
+
+def contrastive_views(
+    dataset,
+    augmenter,
+    batch_size,
+    *,
+    num_views=2,
+    shuffle_buffer=None,
+    seed=0,
+    drop_remainder=True,
+    repeat=False,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    prefetch=True,
+):
+    """Batches a dataset and draws several augmented views of each image.
+
+    Steps: optional `shuffle(shuffle_buffer, seed=seed)`, optional
+    `repeat()`, `batch(batch_size)`, then every batch of `uint8` images is
+    passed once per view to the augmenter as
+    `augmenter(images, seed=view_seed)`, where `view_seed` is an `int32`
+    stateless seed `[batch_key, view_index]` and `batch_key` comes from
+    `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)` zipped
+    with the batches. The views are stacked on axis 1.
+
+    So the views are reproducible (the same seed gives the same sequence of
+    epochs, even with a parallel `map`), every batch and view draws its own
+    randomness, each new pass over the dataset (each epoch of `fit`) draws
+    new views, and all replicas of a distributed run see exactly the views
+    a single device would see.
+
+    Args:
+        dataset: `tf.data.Dataset`. Unbatched, yielding `(image, label)` or
+            `image`, with `image` a `uint8` tensor `[H, W, C]` (as made by
+            `load`).
+        augmenter: callable or list/tuple of callables. Called as
+            `augmenter(images, seed=view_seed)` on a `uint8` batch
+            `[batch, H, W, C]`; must return float images
+            `[batch, h, w, C']`. One callable is used for every view (with
+            different seeds); a list must hold exactly `num_views`
+            callables, one per view (e.g. asymmetric BYOL augmentations).
+        batch_size: int. Number of images per batch, at least 1.
+        num_views: int. Number of views of each image, at least 2. Defaults
+            to `2`.
+        shuffle_buffer: int or `None`. Shuffle buffer size; `None` does not
+            shuffle. Defaults to `None`.
+        seed: int. Seed of the shuffle and of the augmentations. Defaults to
+            `0`.
+        drop_remainder: bool. Drop the last, smaller batch, so every batch
+            has a static size (needed on TPU and for losses whose shape
+            depends on the batch size). Defaults to `True`.
+        repeat: bool. Repeat the dataset indefinitely. Defaults to `False`.
+        num_parallel_calls: int. Parallelism of the augmentation `map`.
+            Defaults to `tf.data.AUTOTUNE`.
+        prefetch: bool. Whether to prefetch batches. Defaults to `True`.
+
+    Returns:
+        A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
+        `dataset` yields images only. `views` is `float32` of shape
+        `[batch, num_views, h, w, C']`, `labels` is `[batch]`.
+
+    Raises:
+        ValueError: if an argument is invalid, or if `drop_remainder=True`
+            and the dataset is known to hold fewer than `batch_size`
+            examples (the result would be empty).
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "`dataset` must be a tf.data.Dataset (e.g. from "
+            f"`keras_contrastive.data.load`). Received: {type(dataset).__name__}"
+        )
+    batch_size = _check_int("batch_size", batch_size, minimum=1)
+    num_views = _check_int("num_views", num_views, minimum=2)
+    seed = _check_int("seed", seed, minimum=-(2**31))
+    if seed >= 2**31:
+        raise ValueError(
+            f"`seed` must fit in int32 (the stateless seed dtype). Received: "
+            f"seed={seed}"
+        )
+    if shuffle_buffer is not None:
+        shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, minimum=1)
+    if isinstance(augmenter, (list, tuple)):
+        augmenters = list(augmenter)
+        if len(augmenters) != num_views:
+            raise ValueError(
+                f"Received {len(augmenters)} augmenters for num_views="
+                f"{num_views}. Pass one callable for all views, or a list of "
+                f"exactly {num_views} callables (one per view)."
+            )
+    else:
+        augmenters = [augmenter] * num_views
+    for index, function in enumerate(augmenters):
+        if not callable(function):
+            raise ValueError(
+                "`augmenter` must be a callable `(images, seed) -> views` or a "
+                f"list of such callables. Element {index} is "
+                f"{type(function).__name__}, which is not callable."
+            )
+
+    spec = dataset.element_spec
+    has_labels = isinstance(spec, tuple) and len(spec) == 2
+    image_spec = spec[0] if has_labels else spec
+    if not isinstance(image_spec, tf.TensorSpec):
+        raise ValueError(
+            "`dataset` must yield `(image, label)` pairs or images alone "
+            f"(as made by `load`). Received elements: {spec}"
+        )
+    if image_spec.shape.rank != 3:
+        raise ValueError(
+            "`dataset` must be unbatched, yielding images of shape "
+            f"[H, W, C]. Received image shape {image_spec.shape}. If the "
+            "dataset is batched, call `.unbatch()` on it first."
+        )
+
+    cardinality = int(dataset.cardinality())
+    if (
+        drop_remainder
+        and cardinality >= 0
+        and cardinality < batch_size
+        and (not repeat or cardinality == 0)
+    ):
+        raise ValueError(
+            f"The dataset holds {cardinality} examples, fewer than "
+            f"batch_size={batch_size}, so with drop_remainder=True it would "
+            "give no batches. Use a smaller batch_size, more data, "
+            "repeat=True or drop_remainder=False."
+        )
+
+    if shuffle_buffer is not None:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    def make_views(batch_key, element):
+        images = element[0] if has_labels else element
+        views = []
+        for view_index, function in enumerate(augmenters):
+            # The key is part of the element, so seeds never depend on the
+            # order in which parallel map calls run.
+            view_seed = tf.stack([batch_key, tf.constant(view_index, tf.int32)])
+            view = function(images, seed=view_seed)
+            view = tf.convert_to_tensor(view)
+            if not view.dtype.is_floating:
+                raise ValueError(
+                    f"The augmenter for view {view_index} returned dtype "
+                    f"{view.dtype.name}; expected float images (e.g. in "
+                    "[0, 1]). Convert inside the augmenter, e.g. "
+                    "`tf.cast(images, 'float32') / 255`."
+                )
+            views.append(tf.cast(view, tf.float32))
+        shapes = [view.shape for view in views]
+        if any(not shape.is_compatible_with(shapes[0]) for shape in shapes):
+            raise ValueError(
+                "All views must have the same shape to be stacked. The "
+                f"augmenters returned shapes {[list(s) for s in shapes]}; make "
+                "them crop/resize to one output size."
+            )
+        views = tf.stack(views, axis=1)
+        if has_labels:
+            return views, element[1]
+        return views
+
+    # One random key per batch, re-drawn on every pass over the data (each
+    # epoch), yet the same sequence for the same seed.
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(
+        lambda r: tf.cast(r % (2**31 - 1), tf.int32)
+    )
+    dataset = tf.data.Dataset.zip((keys, dataset)).map(
+        make_views, num_parallel_calls=num_parallel_calls, deterministic=True
+    )
+    if prefetch:
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset
+
+
+# --------------------------------------------------------------------------
+# Argument checks.
+
+
+def _describe(name):
+    """Short description of a source, for error messages."""
+    if isinstance(name, (np.ndarray, tuple)):
+        return "the given arrays"
+    return repr(str(name))
+
+
+def _check_int(argument, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"`{argument}` must be an integer >= {minimum}. "
+            f"Received: {argument}={value!r}"
+        )
+    if value < minimum:
+        raise ValueError(
+            f"`{argument}` must be >= {minimum}. Received: {argument}={value}"
+        )
+    return int(value)
+
+
+def _standardize_image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)) and not isinstance(
+        image_size, bool
+    ):
+        image_size = (image_size, image_size)
+    valid = (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+            for s in image_size
+        )
+    )
+    if not valid:
+        raise ValueError(
+            "`image_size` must be a positive int or a tuple (height, width) "
+            f"of positive ints, or None. Received: image_size={image_size!r}"
+        )
+    return int(image_size[0]), int(image_size[1])
+
+
+def _standardize_channels(channels):
+    if channels is None:
+        return None
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(
+            "`channels` must be 1 (grayscale), 3 (RGB) or None (keep the "
+            f"source channels). Received: channels={channels!r}"
+        )
+    return int(channels)
+
+
+# --------------------------------------------------------------------------
+# Splits such as "train[:512]" or "test[10%:20%]".
+
+
+def _parse_split(split, allowed):
+    """Returns `(base, bounds)`, `bounds` being `None` or `(lo, hi)` strings."""
+    match = _SPLIT_PATTERN.match(split)
+    if match is None or match.group(1) not in allowed:
+        raise ValueError(
+            f"Unsupported split {split!r}. Expected one of {list(allowed)}, "
+            "optionally followed by a slice such as '[:512]', '[100:200]' or "
+            "'[:10%]'."
+        )
+    base, lo, hi = match.groups()
+    if lo is None:
+        return base, None
+    return base, (lo, hi)
+
+
+def _split_bounds(split, bounds, num_examples):
+    """Turns slice bounds into `(start, stop)` example indices."""
+    if bounds is None:
+        return 0, num_examples
+    resolved = []
+    for text, default in zip(bounds, (0, num_examples)):
+        if text == "":
+            resolved.append(default)
+            continue
+        match = _BOUND_PATTERN.match(text)
+        if match is None:
+            raise ValueError(
+                f"Cannot parse the slice bound {text!r} in split {split!r}. "
+                "Expected an integer (e.g. 'train[:512]') or a percentage "
+                "(e.g. 'train[:10%]')."
+            )
+        value, percent = int(match.group(1)), bool(match.group(2))
+        if percent:
+            if abs(value) > 100:
+                raise ValueError(
+                    f"Percentage {text!r} in split {split!r} is outside "
+                    "[-100%, 100%]."
+                )
+            # Round to the closest example, as TensorFlow Datasets does.
+            magnitude = math.floor(abs(value) * num_examples / 100 + 0.5)
+            value = -magnitude if value < 0 else magnitude
+        elif abs(value) > num_examples:
+            raise ValueError(
+                f"Index {value} in split {split!r} is out of range: the split "
+                f"has {num_examples} examples."
+            )
+        resolved.append(value + num_examples if value < 0 else value)
+    start, stop = resolved
+    if start >= stop:
+        raise ValueError(
+            f"Split {split!r} selects no examples (start {start} >= stop "
+            f"{stop}, out of {num_examples})."
+        )
+    return start, stop
+
+
+def _array_split_bounds(split, num_examples):
+    _, bounds = _parse_split(split, ("train",))
+    return _split_bounds(split, bounds, num_examples)
+
+
+# --------------------------------------------------------------------------
+# In-memory arrays.
+
+
+def _standardize_arrays(data):
+    """Validates `x` or `(x, y)`; returns uint8 `[N, H, W, C]` and int32 `y`."""
+    if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError(
+                "A tuple source must be (images, labels). Received a tuple of "
+                f"length {len(data)}."
+            )
+        x, y = data
+    else:
+        x, y = data, None
+    try:
+        x = np.asarray(x)
+    except Exception as error:
+        raise ValueError(
+            f"Could not convert the images to a numpy array: {error}"
+        ) from error
+
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            "Images must have shape [N, H, W] or [N, H, W, C]. Received an "
+            f"array of shape {x.shape} (rank {x.ndim}). For a single image, "
+            "add a batch axis with `x[None]`."
+        )
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.shape[0] == 0:
+        raise ValueError(f"Received no images: the array has shape {x.shape}.")
+    if x.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Images must be channels-last with 1, 3 or 4 channels. Received "
+            f"shape {x.shape}, i.e. {x.shape[-1]} channels. If the array is "
+            "channels-first [N, C, H, W], transpose it with "
+            "`x.transpose(0, 2, 3, 1)`."
+        )
+
+    if x.dtype == np.uint8:
+        pass
+    elif np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(
+                "Images contain NaN or infinite values "
+                f"({int(np.sum(~np.isfinite(x)))} of {x.size}). Expected finite "
+                "values in [0, 1]."
+            )
+        low, high = float(x.min()), float(x.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                "Float images must have values in [0, 1]. Found min "
+                f"{low:g} and max {high:g}. If they are in [0, 255], divide by "
+                "255 (or cast to uint8) first."
+            )
+        x = np.round(x.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ValueError(
+            f"Images must be uint8 or float in [0, 1]. Received dtype "
+            f"{x.dtype}. Convert them, e.g. `x.astype('uint8')` for integer "
+            "values in [0, 255] or `x.astype('float32') / 255`."
+        )
+
+    if y is None:
+        return x, None
+    try:
+        y = np.asarray(y)
+    except Exception as error:
+        raise ValueError(
+            f"Could not convert the labels to a numpy array: {error}"
+        ) from error
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"Labels must have shape [N]. Received shape {y.shape}. For "
+            "one-hot labels, pass `y.argmax(-1)`."
+        )
+    if len(y) != len(x):
+        raise ValueError(
+            f"Got {len(x)} images but {len(y)} labels. Pass exactly one "
+            "label per image."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"Labels must be integers. Received dtype {y.dtype}. Convert "
+            "them with `y.astype('int32')` (class indices) or map class "
+            "names to indices first."
+        )
+    info = np.iinfo(np.int32)
+    if y.min() < info.min or y.max() > info.max:
+        raise ValueError(
+            f"Labels must fit in int32. Found min {y.min()} and max {y.max()}."
+        )
+    return x, y.astype(np.int32)
+
+
+def _dataset_from_arrays(x, y):
+    if y is None:
+        return tf.data.Dataset.from_tensor_slices(x)
+    return tf.data.Dataset.from_tensor_slices((x, y))
+
+
+# --------------------------------------------------------------------------
+# Fashion-MNIST idx files.
+
+
+def _fashion_mnist_dir(data_dir):
+    if data_dir is not None:
+        return str(data_dir)
+    return os.environ.get(FASHION_MNIST_DIR_ENV) or DEFAULT_FASHION_MNIST_DIR
+
+
+def _find_idx_file(directory, stem):
+    for candidate in (stem + ".gz", stem):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_idx(path, expected_rank):
+    """Reads an idx file of unsigned bytes into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        content = f.read()
+    # Header: two zero bytes, a type code (0x08 = unsigned byte), the rank,
+    # then one big-endian uint32 per dimension.
+    if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
+        raise ValueError(
+            f"{path} is not an idx file of unsigned bytes (header "
+            f"{content[:4].hex()!r}; expected '000008' followed by the rank)."
+        )
+    rank = content[3]
+    if rank != expected_rank:
+        raise ValueError(
+            f"{path} holds a rank-{rank} array; expected rank {expected_rank}."
+        )
+    header_size = 4 + 4 * rank
+    shape = tuple(
+        int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)
+    )
+    data = np.frombuffer(content, dtype=np.uint8, offset=min(header_size, len(content)))
+    if data.size != int(np.prod(shape)):
+        raise ValueError(
+            f"{path} is truncated or corrupt: the header announces shape "
+            f"{shape} ({int(np.prod(shape))} bytes) but {data.size} bytes "
+            "follow."
+        )
+    return data.reshape(shape)
+
+
+def _read_fashion_mnist_local(split, data_dir):
+    """Returns sliced `(x, y)` from the idx files, or `None` if missing."""
+    base, bounds = _parse_split(split, tuple(_FASHION_MNIST_FILES))
+    directory = _fashion_mnist_dir(data_dir)
+    image_stem, label_stem = _FASHION_MNIST_FILES[base]
+    image_path = _find_idx_file(directory, image_stem)
+    label_path = _find_idx_file(directory, label_stem)
+    if image_path is None or label_path is None:
+        return None
+    x = _read_idx(image_path, expected_rank=3)
+    y = _read_idx(label_path, expected_rank=1)
+    if len(x) != len(y):
+        raise ValueError(
+            f"{image_path} holds {len(x)} images but {label_path} holds "
+            f"{len(y)} labels; the files do not belong together."
+        )
+    start, stop = _split_bounds(split, bounds, len(x))
+    # Copy: np.frombuffer arrays are read-only, callers may write in place.
+    return (
+        np.array(x[start:stop, :, :, np.newaxis], copy=True),
+        y[start:stop].astype(np.int32),
+    )
+
+
+def _load_fashion_mnist(split, labels, data_dir, shuffle_files):
+    base, _ = _parse_split(split, tuple(_FASHION_MNIST_FILES))
+    arrays = _read_fashion_mnist_local(split, data_dir)
+    if arrays is not None:
+        x, y = arrays
+        return _dataset_from_arrays(x, y if labels else None)
+    directory = _fashion_mnist_dir(data_dir)
+    try:
+        return _load_tfds(
+            "fashion_mnist",
+            split,
+            labels=labels,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+        )
+    except FileNotFoundError as error:
+        tfds_dir = data_dir if data_dir is not None else "tfds' default data_dir"
+        reason = error.__cause__ or error
+        raise FileNotFoundError(
+            "Fashion-MNIST was not found. Looked for the idx files "
+            f"{' and '.join(_FASHION_MNIST_FILES[base])} (.gz or not) in "
+            f"{directory!r} (chosen from data_dir, else "
+            f"${FASHION_MNIST_DIR_ENV}, else {DEFAULT_FASHION_MNIST_DIR}), "
+            f"then for a prepared tfds dataset in {tfds_dir}, which could not "
+            f"be downloaded ({type(reason).__name__}: {reason}). Install the "
+            "data with `apt-get install dataset-fashion-mnist` (Debian), point "
+            f"data_dir or ${FASHION_MNIST_DIR_ENV} at a directory holding the "
+            "idx files, or allow tfds to download it (needs internet once)."
+        ) from error
+
+
+# --------------------------------------------------------------------------
+# TensorFlow Datasets.
+
+
+def _load_tfds(name, split, labels, data_dir, shuffle_files):
+    # Imported here: tensorflow_datasets is slow to import and not needed
+    # for local files and arrays.
+    import tensorflow_datasets as tfds
+
+    from tensorflow_datasets.core import registered
+
+    try:
+        dataset = tfds.load(
+            name, split=split, data_dir=data_dir, shuffle_files=shuffle_files
+        )
+    except registered.DatasetNotFoundError as error:
+        raise FileNotFoundError(
+            f"{name!r} is neither an existing directory nor a tfds dataset "
+            "name. Pass a directory of images, a numpy array, or a name from "
+            "`tfds.list_builders()`."
+        ) from error
+    except (ValueError, TypeError):
+        # Bad arguments (e.g. an unknown split) are the caller's to fix, and
+        # tfds' own message already says how.
+        raise
+    except Exception as error:
+        # Everything else comes from preparing the data: not prepared and no
+        # network, missing download dependencies, failed downloads.
+        where = data_dir if data_dir is not None else "tfds' default data_dir"
+        raise FileNotFoundError(
+            f"The tfds dataset {name!r} is not prepared in {where} and could "
+            f"not be downloaded ({type(error).__name__}: {error}). Run once "
+            "with internet access, or prepare it with "
+            f"`tfds build {name}` on a machine that has it, or pass "
+            "`data_dir` pointing at a directory where it is prepared."
+        ) from error
+
+    spec = dataset.element_spec
+    if not isinstance(spec, dict) or "image" not in spec:
+        raise ValueError(
+            f"The tfds dataset {name!r} has no 'image' feature; its elements "
+            f"are {spec}. Only image datasets are supported."
+        )
+    if spec["image"].dtype != tf.uint8 or spec["image"].shape.rank != 3:
+        raise ValueError(
+            f"The 'image' feature of {name!r} is {spec['image']}; expected "
+            "uint8 images of shape [H, W, C]."
+        )
+    use_label = labels and "label" in spec
+    if use_label and (
+        not spec["label"].dtype.is_integer or spec["label"].shape.rank != 0
+    ):
+        raise ValueError(
+            f"The 'label' feature of {name!r} is {spec['label']}; expected an "
+            "integer class index. Pass labels=False to load images only."
+        )
+    if use_label:
+        return dataset.map(
+            lambda e: (e["image"], tf.cast(e["label"], tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.map(lambda e: e["image"], num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------
+# Folders of image files.
+
+
+def _is_image_file(path):
+    return path.is_file() and path.suffix.lower() in _IMAGE_EXTENSIONS
+
+
+def _load_directory(root, split, labels, shuffle_files, same_size):
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image directory {str(root)!r} does not exist. Pass an existing "
+            "directory of images (one sub-folder per class, or a flat folder)."
+        )
+    _parse_split(split, ("train",))
+    if split.strip() != "train":
+        raise ValueError(
+            f"A directory of images has a single split; pass split='train'. "
+            f"Received: split={split!r}"
+        )
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    class_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    top_files = [p for p in entries if _is_image_file(p)]
+    if class_dirs and top_files:
+        raise ValueError(
+            f"{str(root)!r} holds both image files and sub-folders "
+            f"({', '.join(p.name for p in class_dirs[:5])}), so it is unclear "
+            "whether the sub-folders are classes. Put every image in a class "
+            "sub-folder, or use a flat folder without sub-folders."
+        )
+    if class_dirs:
+        files, file_labels = [], []
+        for label, class_dir in enumerate(class_dirs):
+            class_files = sorted(
+                str(p) for p in class_dir.rglob("*") if _is_image_file(p)
+            )
+            files.extend(class_files)
+            file_labels.extend([label] * len(class_files))
+    else:
+        files, file_labels = [str(p) for p in top_files], None
+    if not files:
+        raise FileNotFoundError(
+            f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in "
+            f"{str(root)!r}."
+        )
+
+    # The first file fixes the channel count (so elements have a static
+    # shape) and the reference size other files are checked against.
+    first = tf.io.decode_image(
+        tf.io.read_file(files[0]), expand_animations=False
+    )
+    height, width, source_channels = first.shape
+    # Alpha is not image content for contrastive learning: drop it.
+    num_channels = {1: 1, 2: 1, 3: 3, 4: 3}[source_channels]
+
+    def decode(path):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=num_channels, expand_animations=False
+        )
+        if not same_size:
+            # `image_size` will bring every image to one size later.
+            image.set_shape([None, None, num_channels])
+            return image
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+        tf.debugging.Assert(
+            same,
+            [
+                f"Images in {root} differ in size (the first, {files[0]}, is "
+                f"{height}x{width}). Pass image_size=... to load() to resize "
+                "them all. Offending file and its shape:",
+                path,
+                tf.shape(image),
+            ],
+        )
+        image.set_shape([height, width, num_channels])
+        return image
+
+    if file_labels is not None and labels:
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (files, np.asarray(file_labels, np.int32))
+        )
+        if shuffle_files:
+            dataset = dataset.shuffle(len(files))
+        return dataset.map(
+            lambda path, label: (decode(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        dataset = dataset.shuffle(len(files))
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------
+# Post-processing shared by all sources.
+
+
+def _to_uint8(images):
+    return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+
+
+def _resize_or_pad(images, size):
+    """Pads images that fit inside `size` (centred), resizes the others."""
+    target_height, target_width = size
+
+    def pad():
+        return tf.image.resize_with_crop_or_pad(images, target_height, target_width)
+
+    def resize():
+        # Antialiasing avoids aliasing when shrinking; for enlarging it is
+        # the same as plain bilinear interpolation.
+        resized = tf.image.resize(images, size, method="bilinear", antialias=True)
+        return _to_uint8(resized)
+
+    height, width = images.shape[-3], images.shape[-2]
+    if height is not None and width is not None:
+        if (height, width) == (target_height, target_width):
+            return images
+        if height <= target_height and width <= target_width:
+            return pad()
+        return resize()
+    shape = tf.shape(images)
+    fits = tf.logical_and(shape[-3] <= target_height, shape[-2] <= target_width)
+    result = tf.cond(fits, pad, resize)
+    result.set_shape(
+        images.shape[:-3].concatenate(
+            [target_height, target_width, images.shape[-1]]
+        )
+    )
+    return result
+
+
+def _check_channel_conversion(source, channels):
+    if channels is None or source == channels or {source, channels} == {1, 3}:
+        return
+    if source is None:
+        raise ValueError(
+            "Cannot convert images with an unknown number of channels to "
+            f"channels={channels}. Pass channels=None."
+        )
+    raise ValueError(
+        f"Cannot convert {source}-channel images to channels={channels}: "
+        "only 1 <-> 3 conversions are supported. Pass channels=None to keep "
+        f"the {source} channels."
+    )
+
+
+def _convert_channels(images, channels):
+    source = images.shape[-1]
+    if source == 1 and channels == 3:
+        return tf.image.grayscale_to_rgb(images)
+    if source == 3 and channels == 1:
+        # ITU-R 601 luma, computed in float and rounded (not truncated).
+        weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
+        gray = tf.reduce_sum(
+            tf.cast(images, tf.float32) * weights, axis=-1, keepdims=True
+        )
+        return _to_uint8(gray)
+    return images
+
+
+def _postprocess_dataset(dataset, image_size, channels):
+    if image_size is None and channels is None:
+        return dataset
+    spec = dataset.element_spec
+    has_labels = isinstance(spec, tuple)
+    image_spec = spec[0] if has_labels else spec
+    # Checked here so that the error is not buried in a tf.data trace.
+    _check_channel_conversion(image_spec.shape[-1], channels)
+
+    def process(image):
+        if image_size is not None:
+            image = _resize_or_pad(image, image_size)
+        if channels is not None:
+            image = _convert_channels(image, channels)
+        return image
+
+    if has_labels:
+        return dataset.map(
+            lambda image, label: (process(image), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE)

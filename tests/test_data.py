@@ -1,0 +1,571 @@
+"""Tests for keras_contrastive.data."""
+
+import gzip
+import os
+import re
+import socket
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_contrastive import data
+
+FASHION_DIR = data.DEFAULT_FASHION_MNIST_DIR
+HAS_FASHION = os.path.isfile(
+    os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
+)
+needs_fashion = pytest.mark.skipif(
+    not HAS_FASHION,
+    reason="Fashion-MNIST idx files missing (apt-get install dataset-fashion-mnist)",
+)
+
+
+def _read_idx_gz(path, header_size):
+    """Independent idx reader: skip the header, trust the known layout."""
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=header_size)
+
+
+def _write_idx(path, array, compress=True):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    content = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(content)
+    else:
+        with open(path, "wb") as f:
+            f.write(content)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Makes any Python-level network access fail at once (hermetic tests)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST from the Debian idx files.
+
+
+@needs_fashion
+def test_fashion_mnist_split_sizes_and_spec():
+    train = data.load("fashion_mnist")
+    test = data.load("fashion_mnist", "test")
+    assert int(train.cardinality()) == 60000
+    assert int(test.cardinality()) == 10000
+    image_spec, label_spec = train.element_spec
+    assert image_spec.shape == (28, 28, 1) and image_spec.dtype == tf.uint8
+    assert label_spec.shape == () and label_spec.dtype == tf.int32
+
+
+@needs_fashion
+def test_fashion_mnist_matches_independent_decoding():
+    images = _read_idx_gz(
+        os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"), 16
+    ).reshape(10000, 28, 28)
+    labels = _read_idx_gz(os.path.join(FASHION_DIR, "t10k-labels-idx1-ubyte.gz"), 8)
+
+    image, label = next(iter(data.load("fashion_mnist", "test")))
+    np.testing.assert_array_equal(image.numpy()[..., 0], images[0])
+    assert int(label) == labels[0]
+
+    x, y = data.load_arrays("fashion_mnist", "test")
+    assert x.shape == (10000, 28, 28, 1) and x.dtype == np.uint8
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(x[..., 0], images)
+    np.testing.assert_array_equal(y, labels)
+    assert set(np.unique(y)) == set(range(10))
+
+
+@needs_fashion
+def test_fashion_mnist_train_first_image_and_labels():
+    first = _read_idx_gz(
+        os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"), 16
+    )[: 28 * 28].reshape(28, 28)
+    x, y = data.load_arrays("fashion_mnist", "train[:512]")
+    assert x.shape == (512, 28, 28, 1) and y.shape == (512,)
+    np.testing.assert_array_equal(x[0, ..., 0], first)
+    assert y.min() >= 0 and y.max() <= 9
+    # The tf.data path and the numpy fast path agree.
+    ds = data.load("fashion_mnist", "train[:512]")
+    assert int(ds.cardinality()) == 512
+    # image_size=28 is a no-op that forces the tf.data path.
+    x_ds, y_ds = data.load_arrays("fashion_mnist", "train[:512]", image_size=28)
+    np.testing.assert_array_equal(x_ds, x)
+    np.testing.assert_array_equal(y_ds, y)
+
+
+@needs_fashion
+def test_fashion_mnist_split_slicing():
+    x_all, y_all = data.load_arrays("fashion_mnist", "test")
+    x, y = data.load_arrays("fashion_mnist", "test[:10%]")
+    assert len(x) == 1000
+    x[0, 0, 0, 0] = 1  # writable, although read from a buffer
+    x, y = data.load_arrays("fashion_mnist", "test[-100:]")
+    np.testing.assert_array_equal(x, x_all[-100:])
+    np.testing.assert_array_equal(y, y_all[-100:])
+    x, y = data.load_arrays("fashion_mnist", "test[10%:20%]")
+    np.testing.assert_array_equal(y, y_all[1000:2000])
+    x, y = data.load_arrays("fashion_mnist", "test", labels=False)
+    assert y is None
+    assert data.load("fashion_mnist", "test", labels=False).element_spec.shape == (
+        28,
+        28,
+        1,
+    )
+
+
+@needs_fashion
+def test_fashion_mnist_pad_to_32_rgb():
+    x, _ = data.load_arrays("fashion_mnist", "train[:8]")
+    padded, _ = data.load_arrays(
+        "fashion_mnist", "train[:8]", image_size=32, channels=3
+    )
+    assert padded.shape == (8, 32, 32, 3) and padded.dtype == np.uint8
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert np.all(padded[:, border] == 0)
+    for c in range(3):
+        np.testing.assert_array_equal(padded[:, 2:30, 2:30, c], x[..., 0])
+
+
+@pytest.mark.parametrize(
+    "split", ["validation", "train[:abc]", "train[5:5]", "train[:70000]", "test[:200%]"]
+)
+@needs_fashion
+def test_fashion_mnist_bad_split(split):
+    with pytest.raises(ValueError, match=f"(?i)split {re.escape(repr(split))}"):
+        data.load("fashion_mnist", split)
+
+
+def test_fashion_mnist_from_env_dir(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    # Uncompressed files are accepted too.
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:2], compress=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:2], compress=False)
+    monkeypatch.setenv(data.FASHION_MNIST_DIR_ENV, str(tmp_path))
+
+    x, y = data.load_arrays("fashion_mnist")
+    np.testing.assert_array_equal(x[..., 0], images)
+    np.testing.assert_array_equal(y, labels)
+    elements = list(data.load("fashion_mnist", "test").as_numpy_iterator())
+    assert len(elements) == 2
+    np.testing.assert_array_equal(elements[1][0][..., 0], images[1])
+    assert elements[1][1] == 1
+
+
+def test_fashion_mnist_corrupt_idx(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((5, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros((4,)))
+    with pytest.raises(ValueError, match="5 images but .* 4 labels"):
+        data.load("fashion_mnist", data_dir=tmp_path)
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x0d\x01\x00\x00\x00\x05" + bytes(20))
+    with pytest.raises(ValueError, match="not an idx file"):
+        data.load("fashion_mnist", data_dir=tmp_path)
+
+
+def test_fashion_mnist_missing_everywhere(tmp_path, no_network):
+    # No idx files in tmp_path, and tfds has nothing prepared there and
+    # cannot download: the error says how to install the data.
+    with pytest.raises(FileNotFoundError) as info:
+        data.load("fashion_mnist", data_dir=str(tmp_path))
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert str(tmp_path) in message
+
+
+# ---------------------------------------------------------------------------
+# Numpy arrays.
+
+
+def test_arrays_round_trip():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    y = np.array([0, 1, 2, 0, 1, 2], np.int64)
+    ds = data.load((x, y))
+    assert ds.element_spec[0].shape == (5, 4, 1)
+    images, labels = zip(*ds.as_numpy_iterator())
+    np.testing.assert_array_equal(np.stack(images)[..., 0], x)
+    np.testing.assert_array_equal(labels, y)
+    assert np.stack(labels).dtype == np.int32
+
+    x_rgb = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    x_out, y_out = data.load_arrays(x_rgb)
+    np.testing.assert_array_equal(x_out, x_rgb)
+    assert y_out is None
+    x_out, y_out = data.load_arrays((x, y), "train[2:4]", labels=False)
+    np.testing.assert_array_equal(x_out[..., 0], x[2:4])
+    assert y_out is None
+
+
+def test_arrays_float_to_uint8():
+    x = np.array([0.0, 0.5, 1.0, 0.1, 0.002], np.float32).reshape(1, 1, 5)
+    out, _ = data.load_arrays(x)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out.ravel(), [0, 128, 255, 26, 1])
+
+
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        (np.zeros((4, 4), np.uint8), r"shape \[N, H, W\].*\(4, 4\)"),
+        (np.full((2, 3, 3), np.nan, np.float32), "NaN or infinite"),
+        (np.full((2, 3, 3), np.inf, np.float64), "NaN or infinite"),
+        (np.full((2, 3, 3), 2.0, np.float32), r"max 2.*divide by\s+255"),
+        (np.full((2, 3, 3), -0.5, np.float32), "min -0.5"),
+        (np.full((2, 3, 3), "a"), "uint8 or float.*dtype <U1"),
+        (np.zeros((2, 3, 3), np.int64), "dtype int64"),
+        (np.zeros((2, 3, 8, 8), np.uint8), "channels-first"),
+        (np.zeros((0, 3, 3), np.uint8), "no images"),
+        ((np.zeros((3, 4, 4), np.uint8), np.arange(2)), "3 images but 2 labels"),
+        ((np.zeros((2, 4, 4), np.uint8), np.array([0.0, 1.0])), "integers"),
+        ((np.zeros((2, 4, 4), np.uint8), np.zeros((2, 3), int)), r"shape \[N\]"),
+        ((np.zeros((2, 4, 4), np.uint8), np.arange(2), 1), "length 3"),
+        ([[1, 2]], "numpy array"),
+    ],
+)
+def test_arrays_invalid(source, match):
+    with pytest.raises(ValueError, match=match):
+        data.load(source)
+
+
+def test_bad_options():
+    x = np.zeros((2, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="image_size"):
+        data.load(x, image_size=(0, 4))
+    with pytest.raises(ValueError, match="channels"):
+        data.load(x, channels=2)
+    with pytest.raises(ValueError, match="4-channel"):
+        data.load(np.zeros((2, 4, 4, 4), np.uint8), channels=1)
+    with pytest.raises(ValueError, match="split"):
+        data.load(x, "test")
+    with pytest.raises(ValueError, match="Unknown keyword"):
+        data.load_arrays(x, image_sizes=3)
+
+
+def test_resize_larger_and_grayscale():
+    x = np.zeros((2, 64, 48, 3), np.uint8)
+    x[0] = (10, 20, 30)
+    x[1] = 200
+    out, _ = data.load_arrays(x, image_size=(32, 16), channels=1)
+    assert out.shape == (2, 32, 16, 1) and out.dtype == np.uint8
+    # Constant images stay constant; luma of (10, 20, 30) is 18.15 -> 18.
+    assert np.all(out[0] == 18)
+    assert np.all(out[1] == 200)
+    # Mixed case (one side larger): resized, not padded.
+    out, _ = data.load_arrays(x[:, :20], image_size=32)
+    assert out.shape == (2, 32, 32, 3)
+    assert np.all(out[1] == 200)
+
+
+# ---------------------------------------------------------------------------
+# Directories of images.
+
+
+def _write_png(path, image):
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+
+
+def test_directory_with_classes(tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    layout = [
+        ("class_b", "x.png"),
+        ("class_a", "2.png"),
+        ("class_a", "1.png"),
+        ("class_b", "a.png"),
+        ("class_c", "z.png"),
+    ]
+    for (folder, filename), image in zip(layout, images):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        _write_png(tmp_path / folder / filename, image)
+
+    ds = data.load(tmp_path)
+    assert ds.element_spec[0].shape == (6, 7, 3)
+    elements = list(ds.as_numpy_iterator())
+    # Sorted folders -> labels 0..2, sorted files within each folder.
+    expected = [
+        (images[2], 0),
+        (images[1], 0),
+        (images[3], 1),
+        (images[0], 1),
+        (images[4], 2),
+    ]
+    assert len(elements) == len(expected)
+    for (image, label), (want_image, want_label) in zip(elements, expected):
+        assert image.dtype == np.uint8
+        np.testing.assert_array_equal(image, want_image)
+        assert label == want_label
+
+    x, y = data.load_arrays(str(tmp_path), channels=1, image_size=8)
+    assert x.shape == (5, 8, 8, 1)
+    np.testing.assert_array_equal(y, [0, 0, 1, 1, 2])
+    x, y = data.load_arrays(str(tmp_path), labels=False)
+    assert y is None and x.shape == (5, 6, 7, 3)
+
+
+def test_directory_flat_gray_and_rgba(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    _write_png(tmp_path / "a.png", gray)
+    _write_png(tmp_path / "b.png", 255 - gray)
+    ds = data.load(tmp_path)
+    assert ds.element_spec.shape == (3, 4, 1)  # images only, no labels
+    x, y = data.load_arrays(tmp_path)
+    assert y is None
+    np.testing.assert_array_equal(x, [gray, 255 - gray])
+
+    rgba_dir = tmp_path / "rgba"
+    rgba_dir.mkdir()
+    rgba = np.full((2, 2, 4), 50, np.uint8)
+    rgba[..., 3] = 7
+    _write_png(rgba_dir / "r.png", rgba)
+    x, _ = data.load_arrays(rgba_dir)
+    np.testing.assert_array_equal(x, np.full((1, 2, 2, 3), 50, np.uint8))
+
+
+def test_directory_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="No image files"):
+        data.load(tmp_path)
+    _write_png(tmp_path / "small.png", np.zeros((4, 4, 1), np.uint8))
+    _write_png(tmp_path / "big.png", np.full((6, 6, 1), 9, np.uint8))
+    with pytest.raises(ValueError, match="image_size"):
+        data.load_arrays(tmp_path)
+    x, _ = data.load_arrays(tmp_path, image_size=6)
+    # big.png sorts first and keeps its size; small.png is zero-padded.
+    np.testing.assert_array_equal(x[0], np.full((6, 6, 1), 9))
+    assert x[1].sum() == 0 and x.shape == (2, 6, 6, 1)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="both image files and sub-folders"):
+        data.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets.
+
+
+def test_tfds_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=7):
+        ds = data.load("mnist", "train", data_dir=str(tmp_path))
+        elements = list(ds.as_numpy_iterator())
+        # The local-files branch is skipped when they are missing.
+        fashion = list(data.load("fashion_mnist", data_dir=str(tmp_path), labels=False))
+        padded = next(iter(data.load("mnist", image_size=32, channels=3, labels=False)))
+    image_spec, label_spec = ds.element_spec
+    assert image_spec.shape == (28, 28, 1) and image_spec.dtype == tf.uint8
+    assert label_spec.shape == () and label_spec.dtype == tf.int32
+    assert len(elements) == 7
+    assert all(0 <= label <= 9 for _, label in elements)
+    assert all(image.dtype == np.uint8 for image, _ in elements)
+    assert len(fashion) == 7 and fashion[0].shape == (28, 28, 1)
+    assert padded.shape == (32, 32, 3)
+
+
+def test_tfds_unknown_name():
+    with pytest.raises(FileNotFoundError, match="neither an existing directory"):
+        data.load("no_such_dataset_kc")
+
+
+def test_tfds_not_prepared(tmp_path, no_network):
+    with pytest.raises(FileNotFoundError, match=r"tfds build mnist") as info:
+        data.load("mnist", data_dir=str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_invalid_name_type():
+    with pytest.raises(ValueError, match="type int"):
+        data.load(3)
+
+
+# ---------------------------------------------------------------------------
+# contrastive_views.
+
+
+def noisy_augmenter(images, seed):
+    images = tf.cast(images, tf.float32) / 255.0
+    return images + tf.random.stateless_uniform(tf.shape(images), seed) * 0.01
+
+
+def seed_augmenter(images, seed):
+    """Writes the second seed component into every pixel."""
+    return tf.zeros(tf.shape(images), tf.float32) + tf.cast(seed[1], tf.float32)
+
+
+@pytest.fixture
+def small():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(10, dtype=np.int32)
+    return x, y
+
+
+def test_views_shape_alignment_and_difference(small):
+    x, y = small
+    ds = data.contrastive_views(data.load((x, y)), noisy_augmenter, batch_size=4)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 2  # 10 examples, remainder dropped
+    for views, labels in batches:
+        assert views.shape == (4, 2, 8, 8, 1) and views.dtype == np.float32
+        # Labels stay aligned with their images (label == original index).
+        expected = x[labels].astype(np.float32) / 255.0
+        for v in range(2):
+            difference = views[:, v] - expected
+            assert np.all(difference >= 0) and np.all(difference <= 0.01)
+        assert not np.allclose(views[:, 0], views[:, 1], atol=1e-6)
+    np.testing.assert_array_equal(batches[0][1], [0, 1, 2, 3])
+    np.testing.assert_array_equal(batches[1][1], [4, 5, 6, 7])
+
+
+def test_views_seed_contract(small):
+    x, y = small
+    ds = data.contrastive_views(
+        data.load((x, y)), seed_augmenter, batch_size=3, num_views=3, seed=5
+    )
+    views = [v for v, _ in ds.as_numpy_iterator()]
+    assert len(views) == 3
+    for batch in views:
+        for view_index in range(3):
+            # Every view gets its own seed: [batch key, view index].
+            assert np.all(batch[:, view_index] == view_index)
+
+    seen = []
+
+    def recorder(images, seed):
+        seen.append(seed)
+        return tf.cast(images, tf.float32)
+
+    data.contrastive_views(data.load(x), recorder, batch_size=2, seed=11)
+    assert len(seen) == 2
+    assert all(s.dtype == tf.int32 and s.shape == (2,) for s in seen)
+
+
+def key_augmenter(images, seed):
+    """Writes the batch key (first seed component) into every pixel."""
+    return tf.zeros(tf.shape(images), tf.float32) + tf.cast(seed[0], tf.float32)
+
+
+def test_views_differ_between_batches_and_epochs(small):
+    x, y = small
+    ds = data.contrastive_views(data.load((x, y)), key_augmenter, batch_size=2, seed=5)
+    epoch1 = [v[0, 0, 0, 0, 0] for v, _ in ds.as_numpy_iterator()]
+    epoch2 = [v[0, 0, 0, 0, 0] for v, _ in ds.as_numpy_iterator()]
+    assert len(set(epoch1)) == len(epoch1) == 5  # a new key per batch
+    assert not set(epoch1) & set(epoch2)  # a new draw per pass (epoch)
+    again = data.contrastive_views(data.load((x, y)), key_augmenter, batch_size=2, seed=5)
+    assert [v[0, 0, 0, 0, 0] for v, _ in again.as_numpy_iterator()] == epoch1  # same seed, same run
+
+
+def test_views_deterministic(small):
+    x, y = small
+    x = np.repeat(x, 10, axis=0)
+    y = np.repeat(y, 10)
+
+    def build():
+        return data.contrastive_views(
+            data.load((x, y)),
+            noisy_augmenter,
+            batch_size=8,
+            shuffle_buffer=100,
+            seed=3,
+            num_parallel_calls=4,
+        )
+
+    ds = build()
+    first = list(ds.as_numpy_iterator())
+    second = list(build().as_numpy_iterator())
+    assert len(first) == len(second) == 12
+    for (v1, l1), (v2, l2) in zip(first, second):
+        np.testing.assert_array_equal(v1, v2)
+        np.testing.assert_array_equal(l1, l2)
+    # The shuffle did something.
+    assert not np.array_equal(np.concatenate([l for _, l in first]), y[:96])
+
+    def unshuffled():
+        return data.contrastive_views(
+            data.load((x, y)), noisy_augmenter, batch_size=8, num_parallel_calls=4
+        )
+
+    a = list(unshuffled().as_numpy_iterator())
+    b = list(unshuffled().as_numpy_iterator())
+    for (v1, _), (v2, _) in zip(a, b):
+        np.testing.assert_array_equal(v1, v2)
+
+
+def test_views_list_of_augmenters_and_images_only(small):
+    x, _ = small
+
+    def identity(images, seed):
+        return tf.cast(images, tf.float32) / 255.0
+
+    def inverted(images, seed):
+        return 1.0 - tf.cast(images, tf.float32) / 255.0
+
+    ds = data.contrastive_views(
+        data.load(x), [identity, inverted], batch_size=5, prefetch=False
+    )
+    assert isinstance(ds.element_spec, tf.TensorSpec)  # no labels
+    views = next(iter(ds)).numpy()
+    np.testing.assert_allclose(views[:, 0], x[:5] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(views[:, 1], 1.0 - x[:5] / 255.0, atol=1e-6)
+
+
+def test_views_repeat_and_remainder(small):
+    x, y = small
+    repeated = data.contrastive_views(
+        data.load((x, y)), seed_augmenter, batch_size=4, repeat=True
+    )
+    batches = list(repeated.take(5).as_numpy_iterator())
+    np.testing.assert_array_equal(batches[2][1], [8, 9, 0, 1])  # wraps around
+    assert np.all(batches[4][0][:, 1] == 1)  # view 1
+    kept = data.contrastive_views(
+        data.load((x, y)), noisy_augmenter, batch_size=4, drop_remainder=False
+    )
+    assert [len(l) for _, l in kept.as_numpy_iterator()] == [4, 4, 2]
+    # Fewer examples than batch_size is fine when repeating.
+    small_repeat = data.contrastive_views(
+        data.load((x, y)), noisy_augmenter, batch_size=16, repeat=True
+    )
+    assert next(iter(small_repeat))[0].shape == (16, 2, 8, 8, 1)
+
+
+def test_views_bad_arguments(small):
+    x, y = small
+    ds = data.load((x, y))
+    with pytest.raises(ValueError, match="batch_size"):
+        data.contrastive_views(ds, noisy_augmenter, batch_size=0)
+    with pytest.raises(ValueError, match="num_views"):
+        data.contrastive_views(ds, noisy_augmenter, batch_size=2, num_views=1)
+    with pytest.raises(ValueError, match="3 augmenters for num_views=2"):
+        data.contrastive_views(ds, [noisy_augmenter] * 3, batch_size=2)
+    with pytest.raises(ValueError, match="not callable"):
+        data.contrastive_views(ds, "flip", batch_size=2)
+    with pytest.raises(ValueError, match="10 examples.*batch_size=16"):
+        data.contrastive_views(ds, noisy_augmenter, batch_size=16)
+    with pytest.raises(ValueError, match="unbatched"):
+        data.contrastive_views(ds.batch(2), noisy_augmenter, batch_size=2)
+    with pytest.raises(ValueError, match="float images"):
+        data.contrastive_views(ds, lambda images, seed: images, batch_size=2)
+
+    def cropping(images, seed):
+        return noisy_augmenter(images, seed)[:, 1:]
+
+    with pytest.raises(ValueError, match="same shape"):
+        data.contrastive_views(ds, [noisy_augmenter, cropping], batch_size=2)
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        data.contrastive_views(x, noisy_augmenter, batch_size=2)

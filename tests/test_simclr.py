@@ -1,0 +1,155 @@
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+import keras_contrastive as kc
+from conftest import cpu_strategy
+
+
+def tiny_encoder(channels=1, size=16, synchronized_bn=True, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = kc.layers.batch_normalization(synchronized_bn)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+def random_views(n=16, size=16, channels=1, seed=0):
+    """Random views whose per-image brightness varies, so that pooled features
+    vary across the batch (pure noise pools to nearly constant features, and
+    BatchNorm over near-constant features is too ill-conditioned to compare
+    replica counts at 1e-5)."""
+    rng = np.random.default_rng(seed)
+    level = rng.random((n, 2, 1, 1, 1))
+    views = level * 0.7 + 0.3 * rng.random((n, 2, size, size, channels))
+    return views.astype("float32")
+
+
+def build(strategy, synchronized_bn=True, num_classes=None, head_version=2, **compile_kwargs):
+    with strategy.scope():
+        model = kc.SimCLR(
+            tiny_encoder(synchronized_bn=synchronized_bn), temperature=0.2, projection_dim=8,
+            head_version=head_version, synchronized_bn=synchronized_bn, num_classes=num_classes,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), **compile_kwargs)
+    return model
+
+
+def train(model, views, labels=None, batch=16, steps=3):
+    data = views if labels is None else (views, labels)
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(batch, drop_remainder=True).take(steps)
+    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    return history.history
+
+
+def weights_of(model):
+    """Model variables in creation order (layer auto-names differ between builds)."""
+    return [(v.path, v.numpy()) for v in model.weights]
+
+
+@pytest.mark.parametrize("num_replicas", [2, 4])
+def test_replicas_compute_what_one_replica_computes(num_replicas):
+    views = random_views(48)
+    reference = build(cpu_strategy(1))
+    init = reference.get_weights()
+    ref_hist = train(reference, views)
+    model = build(cpu_strategy(num_replicas))
+    model.set_weights(init)
+    hist = train(model, views)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-5)
+    ref_w, got_w = weights_of(reference), weights_of(model)
+    assert len(ref_w) == len(got_w)
+    for (path, want), (_, got) in zip(ref_w, got_w):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def test_unsynchronized_bn_differs_across_replicas():
+    """Negative control: without synchronized BN the moving statistics differ."""
+    views = random_views(48)
+    reference = build(cpu_strategy(1), synchronized_bn=False)
+    init = reference.get_weights()
+    train(reference, views)
+    model = build(cpu_strategy(2), synchronized_bn=False)
+    model.set_weights(init)
+    train(model, views)
+    ref_var = [v for v in reference.encoder.weights if "moving_variance" in v.path][0].numpy()
+    got_var = [v for v in model.encoder.weights if "moving_variance" in v.path][0].numpy()
+    assert np.abs(ref_var - got_var).max() > 1e-4
+
+
+def test_loss_is_nt_xent_of_the_projections():
+    model = build(cpu_strategy(1))
+    views = random_views(8)
+    logs = model.evaluate(views, batch_size=8, verbose=0, return_dict=True)
+    feats = model.encoder(np.concatenate([views[:, 0], views[:, 1]]), training=False)
+    z = model.projection_head(feats, training=False).numpy()
+    expected = kc.losses.nt_xent(z[:8], z[8:], 0.2)
+    np.testing.assert_allclose(logs["loss"], float(expected), rtol=1e-5)
+
+
+def test_online_probe_does_not_change_encoder_gradients():
+    views = random_views(32)
+    labels = np.random.default_rng(1).integers(0, 3, 32)
+    plain = build(cpu_strategy(1))
+    probed = build(cpu_strategy(1), num_classes=3)
+    for a, b in zip(plain.encoder.weights + plain.projection_head.weights,
+                    probed.encoder.weights + probed.projection_head.weights):
+        b.assign(a)
+    probe_before = probed.probe.kernel.numpy().copy()
+    train(plain, views)
+    hist = train(probed, views, labels)
+    assert "probe_accuracy" in hist
+    for a, b in zip(plain.encoder.weights, probed.encoder.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    assert np.abs(probed.probe.kernel.numpy() - probe_before).max() > 0
+
+
+def test_jit_compile_step_runs():
+    model = build(cpu_strategy(1), jit_compile=True)
+    hist = train(model, random_views(32), steps=2)
+    assert np.all(np.isfinite(hist["loss"]))
+
+
+def test_raw_images_are_augmented_in_the_step():
+    model = kc.SimCLR(tiny_encoder(synchronized_bn=False), kc.augment.SimCLRAugmenter(16), temperature=0.5)
+    model.compile(optimizer=kc.optimizers.LARS(0.1))
+    x = (np.random.default_rng(0).random((32, 20, 20, 1)) * 255).astype("uint8")
+    hist = model.fit(x, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+
+
+def test_save_load_round_trip(tmp_path):
+    model = kc.SimCLR(tiny_encoder(), kc.augment.SimCLRAugmenter(16, seed=3), temperature=0.3,
+                      projection_dim=8, num_classes=4)
+    model.compile(optimizer=kc.optimizers.LARS(0.1))
+    train(model, random_views(16), np.arange(16) % 4, steps=1)
+    path = str(tmp_path / "simclr.keras")
+    model.save(path)
+    clone = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(clone, kc.SimCLR)
+    assert clone.get_config()["temperature"] == 0.3 and clone.num_classes == 4
+    x = random_views(4)[:, 0]
+    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), atol=1e-6)
+    for a, b in zip(model.weights, clone.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), err_msg=a.path)
+    # Training continues from the restored optimizer state.
+    train(clone, random_views(16), np.arange(16) % 4, steps=1)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="temperature"):
+        kc.SimCLR(tiny_encoder(), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        kc.SimCLR(tiny_encoder(), temperature=-1)
+    with pytest.raises(ValueError, match="keras.Model"):
+        kc.SimCLR(lambda x: x)
+    model = build(cpu_strategy(1))
+    with pytest.raises(ValueError, match="Expected views"):
+        model.fit(np.zeros((4, 16, 16), "float32"), batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="no augmenter"):
+        model.fit(np.zeros((4, 16, 16, 1), "float32"), batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="2 views"):
+        model.fit(np.zeros((4, 3, 16, 16, 1), "float32"), batch_size=4, verbose=0)
