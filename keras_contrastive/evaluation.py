@@ -48,7 +48,7 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
     def embed(x):
         return encoder(_as_float_images(x), training=False)
 
-    progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+    progbar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose) if verbose else None
     features, labels = [], []
     for i, batch in enumerate(dataset):
         if isinstance(batch, tuple):
@@ -105,7 +105,7 @@ def knn_predict(train_features, train_labels, test_features, k=200, temperature=
 
     test_features = np.asarray(test_features, "float32")
     blocks = range(0, len(test_features), batch_size)
-    progbar = keras.utils.Progbar(len(blocks), unit_name="block") if verbose else None
+    progbar = keras.utils.Progbar(len(blocks), unit_name="block", verbose=verbose) if verbose else None
     predictions = []
     for i, start in enumerate(blocks):
         predictions.append(predict_block(tf.constant(test_features[start : start + batch_size])).numpy())

@@ -153,3 +153,20 @@ def test_bad_input():
         model.fit(np.zeros((4, 16, 16, 1), "float32"), batch_size=4, verbose=0)
     with pytest.raises(ValueError, match="2 views"):
         model.fit(np.zeros((4, 3, 16, 16, 1), "float32"), batch_size=4, verbose=0)
+
+
+@pytest.mark.slow
+def test_short_run_on_real_fashion_mnist_lowers_the_loss():
+    train = kc.data.load("fashion_mnist", "train[:512]", image_size=32)
+    augmenter = kc.augment.simclr_preset("grayscale_small", 32, seed=0)
+    keras.utils.set_random_seed(0)
+    model = kc.SimCLR(kc.encoders.ResNet18((32, 32, 1), width_multiplier=0.125), augmenter, temperature=0.5)
+    model.compile(optimizer=kc.optimizers.LARS(kc.optimizers.warmup_cosine(1.0, 40, 4), weight_decay=1e-6))
+    # A fixed held-out set of views, evaluated before and after training.
+    held_out = next(iter(kc.data.contrastive_views(
+        kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenter, 256, seed=1)))[0]
+    before = model.evaluate(held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
+    views = model.views_dataset(train, 64, shuffle_buffer=512, seed=0, repeat=True)
+    model.fit(views, epochs=1, steps_per_epoch=40, verbose=0)
+    after = model.evaluate(held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
+    assert after < before - 0.3, (before, after)

@@ -1,0 +1,134 @@
+"""Augmentation throughput and repeatability: our SimCLRAugmenter against keras-cv 0.9.
+
+Run: python benchmarks/augment_throughput.py [--batches 20]
+
+For 32x32 and 96x96 RGB images, with and without blur, batch 256, inside
+`tf.data.map` (parallel calls, where this library runs augmentation), prints
+views/s for
+  * keras_contrastive: `SimCLRAugmenter` with stateless per-batch seeds;
+  * keras-cv 0.9: RandomCropAndResize + RandomFlip + RandomApply(RandomColorJitter,
+    0.8) + RandomApply(Grayscale, 0.2) [+ RandomApply(RandomGaussianBlur, 0.5)],
+    seeded, the pipeline a new user would write;
+and whether two runs of the same seeded pipeline give identical views.
+
+Then, for the SimCLR step itself (ResNet-18 width 0.25, 32x32, batch 256),
+images/s with augmentation on the host (`model.views_dataset`) against
+augmentation inside the train step (`model.fit` on raw images).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+import keras_contrastive as kc
+
+BATCH = 256
+
+
+def source(size, batches):
+    rng = np.random.default_rng(0)
+    images = (rng.random((BATCH, size, size, 3)) * 255).astype("uint8")
+    return tf.data.Dataset.from_tensors(images).repeat(batches)
+
+
+def ours(size, blur):
+    aug = kc.augment.SimCLRAugmenter(size, color_jitter_strength=0.5, blur=blur)
+    keys = tf.data.Dataset.random(seed=0).map(lambda r: tf.cast(r % (2**31 - 1), tf.int32))
+
+    def make(ds):
+        return tf.data.Dataset.zip((keys, ds)).map(
+            lambda k, x: aug(x, seed=tf.stack([k, 0])), num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+    return make
+
+
+def keras_cv_pipeline(size, blur):
+    import keras_cv
+
+    def make(ds):
+        layers = [
+            keras_cv.layers.RandomCropAndResize((size, size), (0.08, 1.0), (3 / 4, 4 / 3), seed=1),
+            keras_cv.layers.RandomFlip("horizontal", seed=2),
+            keras_cv.layers.RandomApply(
+                keras_cv.layers.RandomColorJitter((0, 255), 0.4, 0.4, 0.4, 0.1, seed=3), rate=0.8, seed=4
+            ),
+            keras_cv.layers.RandomApply(keras_cv.layers.Grayscale(output_channels=3), rate=0.2, seed=5),
+        ]
+        if blur:
+            layers.append(
+                keras_cv.layers.RandomApply(
+                    keras_cv.layers.RandomGaussianBlur(kernel_size=max(3, size // 10), factor=(0.1, 2.0)),
+                    rate=0.5,
+                    seed=6,
+                )
+            )
+        pipeline = keras.Sequential(layers)
+        return ds.map(lambda x: pipeline(tf.cast(x, tf.float32), training=True), num_parallel_calls=tf.data.AUTOTUNE)
+
+    return make
+
+
+def measure(make, size, batches):
+    ds = make(source(size, batches)).prefetch(2)
+    it = iter(ds)
+    next(it)  # trace and warm up
+    start = time.perf_counter()
+    n = 0
+    for batch in it:
+        n += int(batch.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def repeats(make, size):
+    a = [b.numpy() for b in make(source(size, 3))]
+    b = [b.numpy() for b in make(source(size, 3))]
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def placement(batches):
+    """SimCLR step throughput with augmentation on the host vs in the step."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((BATCH * 4, 32, 32, 3)) * 255).astype("uint8")
+    results = {}
+    for where in ("host (tf.data)", "in the train step"):
+        keras.utils.set_random_seed(0)
+        model = kc.SimCLR(
+            kc.encoders.ResNet18((32, 32, 3), width_multiplier=0.25),
+            kc.augment.SimCLRAugmenter(32, color_jitter_strength=0.5),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        if where.startswith("host"):
+            data = model.views_dataset(tf.data.Dataset.from_tensor_slices(x), BATCH, repeat=True)
+        else:
+            data = tf.data.Dataset.from_tensor_slices(x).repeat().batch(BATCH, drop_remainder=True).prefetch(2)
+        model.fit(data, epochs=1, steps_per_epoch=2, verbose=0)  # trace
+        start = time.perf_counter()
+        model.fit(data, epochs=1, steps_per_epoch=batches, verbose=0)
+        results[where] = BATCH * batches / (time.perf_counter() - start)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--train_steps", type=int, default=10)
+    args = parser.parse_args()
+    print(f"Augmentation in tf.data.map, batch {BATCH}, RGB uint8 input; views/s (repeats = same seed, same views)")
+    for size in (32, 96):
+        for blur in (False, True):
+            row = []
+            for name, factory in (("keras_contrastive", ours), ("keras-cv 0.9", keras_cv_pipeline)):
+                speed = measure(factory(size, blur), size, args.batches)
+                row.append(f"{name} {speed:8.0f} (repeats: {'yes' if repeats(factory(size, blur), size) else 'no'})")
+            print(f"{size}x{size}{' + blur' if blur else '       '}  " + "   ".join(row))
+    print(f"SimCLR step, ResNet-18 width 0.25, 32x32, batch {BATCH}, augmentation placement; images/s")
+    for where, speed in placement(args.train_steps).items():
+        print(f"  augmentation {where:<20} {speed:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

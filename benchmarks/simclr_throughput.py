@@ -1,0 +1,103 @@
+"""SimCLR training throughput (images/s), against a keras-io style reference.
+
+Run: python benchmarks/simclr_throughput.py [--widths 0.25 1.0] [--steps 12]
+
+Measures, in one process, on the same network (ResNet-18, CIFAR stem), data
+(32x32x3, batch 256, 2 views, pre-augmented so only the step is timed) and
+optimizer (SGD momentum):
+  * keras_contrastive: `kc.SimCLR` + `model.fit` on a views dataset;
+  * reference: the step written the keras-io way (GradientTape, a plain
+    NT-Xent from the keras-io SimCLR example's formulation, `tf.function`).
+Prints the median images/s of each and their ratio. Figures go to
+benchmarks/RESULTS.md; compare ratios, not absolute numbers, across runs.
+"""
+
+import argparse
+import time
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+import keras_contrastive as kc
+
+BATCH, SIZE = 256, 32
+
+
+class StepTimer(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+def views_dataset(steps):
+    rng = np.random.default_rng(0)
+    views = rng.random((BATCH, 2, SIZE, SIZE, 3)).astype("float32")
+    return tf.data.Dataset.from_tensors(views).repeat(steps)
+
+
+def bench_kc(width, steps, precision):
+    keras.mixed_precision.set_global_policy(precision)
+    encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+    model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    timer = StepTimer()
+    model.fit(views_dataset(steps), epochs=1, verbose=0, callbacks=[timer])
+    keras.mixed_precision.set_global_policy("float32")
+    return BATCH / np.median(timer.times[2:])
+
+
+def bench_reference(width, steps, precision):
+    """The keras-io way: encoder + MLP head, GradientTape, hand-written loss."""
+    keras.mixed_precision.set_global_policy(precision)
+    encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+    dim = encoder.output_shape[-1]
+    head = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(dim, activation="relu"), keras.layers.Dense(128)])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    variables = encoder.trainable_variables + head.trainable_variables
+
+    @tf.function
+    def step(views):
+        with tf.GradientTape() as tape:
+            x = tf.concat([views[:, 0], views[:, 1]], 0)
+            z = tf.cast(head(encoder(x, training=True)), tf.float32)
+            z = tf.math.l2_normalize(z, axis=1)
+            sim = tf.matmul(z, z, transpose_b=True) / 0.5
+            n = tf.shape(views)[0]
+            sim = sim - 1e9 * tf.eye(2 * n)
+            labels = tf.concat([tf.range(n, 2 * n), tf.range(n)], 0)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sim))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    times = []
+    for views in views_dataset(steps):
+        t = time.perf_counter()
+        step(views).numpy()
+        times.append(time.perf_counter() - t)
+    keras.mixed_precision.set_global_policy("float32")
+    return BATCH / np.median(times[2:])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
+    args = parser.parse_args()
+    print(f"SimCLR step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
+    for precision in args.precision:
+        for width in args.widths:
+            steps = args.steps if width < 0.5 else max(5, args.steps // 3)
+            ref = bench_reference(width, steps, precision)
+            ours = bench_kc(width, steps, precision)
+            print(f"width {width:<5} {precision:<15} keras_contrastive {ours:8.1f}   keras-io reference {ref:8.1f}   ratio {ours / ref:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,614 @@
+"""Exports a trained encoder as a TensorFlow SavedModel that TF Serving serves as is.
+
+Layout written by `export_encoder` (the one TF Serving polls):
+
+```
+<export_dir>/
+    1/
+        saved_model.pb
+        variables/
+        assets.extra/keras_contrastive.json
+    2/
+        ...
+```
+
+Each version is first written to a hidden temporary directory inside
+`export_dir` (TF Serving skips names that are not integers) and renamed into
+place only once complete, so a server polling `export_dir` never sees a
+half-written version.
+
+Signatures of every exported version:
+
+- `serving_default`: `images` uint8 `[batch, H, W, C]` -> `embeddings` float32
+  `[batch, dim]`. The `uint8 / 255` scaling runs inside the graph, so clients
+  send raw pixels and cannot get the preprocessing wrong.
+- `embed_normalized`: same input, L2-normalized `embeddings` (unit rows, ready
+  for cosine / dot-product retrieval).
+
+The SavedModel needs neither Keras nor this library to be loaded:
+`tf.saved_model.load(path).signatures["serving_default"](images=...)` works
+with TensorFlow alone.
+
+Command line:
+
+```
+python -m keras_contrastive.export inspect PATH
+python -m keras_contrastive.export export --model FILE.keras --export_dir DIR [--version N]
+```
+"""
+
+import argparse
+import datetime
+import json
+import numbers
+import os
+import shutil
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+SERVING_SIGNATURE = "serving_default"
+NORMALIZED_SIGNATURE = "embed_normalized"
+METADATA_DIR = "assets.extra"
+METADATA_FILE = "keras_contrastive.json"
+METADATA_FORMAT = 1
+# Computed from the exported graph; letting `metadata=` override them would
+# make the file contradict the SavedModel it describes.
+_RESERVED_METADATA_KEYS = ("format", "input", "output")
+
+
+def _is_version_name(name):
+    # TF Serving parses version directory names as int64; only plain ASCII
+    # digits count (not "1.0", "-1", "٣" or hidden temp dirs).
+    return name.isascii() and name.isdigit()
+
+
+def _check_export_dir(export_dir):
+    if not isinstance(export_dir, (str, os.PathLike)):
+        raise ValueError(
+            "`export_dir` must be a str or os.PathLike (e.g. pathlib.Path) "
+            f"naming the model's base directory, got {export_dir!r} of type "
+            f"{type(export_dir).__name__}. Pass e.g. '/models/my_encoder'; "
+            "versions are written to its numbered subdirectories."
+        )
+    export_dir = os.fspath(export_dir)
+    if isinstance(export_dir, bytes):
+        export_dir = os.fsdecode(export_dir)
+    if not export_dir:
+        raise ValueError(
+            "`export_dir` must be a non-empty path, got ''. Pass the model's "
+            "base directory, e.g. '/models/my_encoder'."
+        )
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(
+            f"`export_dir` must be a directory, but {export_dir!r} exists and "
+            "is a file. Pass a directory path (it is created if missing)."
+        )
+    return export_dir
+
+
+def _check_version(version):
+    # `bool` is an `int` subclass; `True` as a version is almost surely a bug.
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+        raise ValueError(
+            "`version` must be a positive int (TF Serving version directories "
+            f"are integers) or None, got {version!r} of type "
+            f"{type(version).__name__}. Pass e.g. version=1, or version=None "
+            "to use the next free version."
+        )
+    if version < 1:
+        raise ValueError(
+            f"`version` must be >= 1, got {version}. Pass a positive int, or "
+            "version=None to use the next free version."
+        )
+    return int(version)
+
+
+def next_version(export_dir):
+    """Returns the next free version number under `export_dir`.
+
+    Args:
+        export_dir: str or os.PathLike. The model's base directory (the one
+            holding the numbered version directories). It does not need to
+            exist.
+
+    Returns:
+        int. 1 if `export_dir` is missing or holds no numbered entry,
+        otherwise the largest numbered entry + 1 (gaps are not reused, so a
+        new export always sorts as the latest version for TF Serving).
+    """
+    export_dir = _check_export_dir(export_dir)
+    if not os.path.isdir(export_dir):
+        return 1
+    # Numbered files count too: renaming the new version onto them would fail.
+    versions = [int(n) for n in os.listdir(export_dir) if _is_version_name(n)]
+    return max(versions, default=0) + 1
+
+
+def _resolve_encoder(model_or_encoder):
+    # Trainers are keras.Models themselves, so look for `.encoder` first: the
+    # projection head is a training-time device and is not exported.
+    encoder = getattr(model_or_encoder, "encoder", None)
+    if isinstance(encoder, keras.Model):
+        return encoder
+    if isinstance(model_or_encoder, keras.Model):
+        return model_or_encoder
+    raise ValueError(
+        "`model_or_encoder` must be a keras.Model encoder or a trainer whose "
+        "`.encoder` attribute is a keras.Model, got "
+        f"{type(model_or_encoder).__name__} (its `.encoder` is "
+        f"{type(encoder).__name__}). Pass e.g. `trainer` or `trainer.encoder`."
+    )
+
+
+def _image_shape(encoder):
+    try:
+        shape = encoder.input_shape
+    except (AttributeError, ValueError):
+        shape = None
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 4
+        or not all(isinstance(d, int) and d > 0 for d in shape[1:])
+    ):
+        raise ValueError(
+            f"Encoder {encoder.name!r} must take one image input of shape "
+            "[batch, H, W, C] with static H, W, C, but its `input_shape` is "
+            f"{shape!r}. Build it as a functional model from "
+            "`keras.Input((H, W, C))` (e.g. wrap a subclassed encoder: "
+            "`inp = keras.Input((32, 32, 3)); keras.Model(inp, encoder(inp))`)."
+        )
+    return tuple(int(d) for d in shape[1:])
+
+
+def _json_default(value):
+    # Evaluation results are often numpy scalars (np.float32 accuracies);
+    # storing them as plain numbers beats refusing the whole metadata.
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _check_metadata(metadata):
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) for k in metadata
+    ):
+        raise ValueError(
+            "`metadata` must be a dict with str keys or None, got "
+            f"{metadata!r}. Pass e.g. metadata={{'dataset': 'cifar10'}}."
+        )
+    reserved = sorted(set(metadata) & set(_RESERVED_METADATA_KEYS))
+    if reserved:
+        raise ValueError(
+            f"`metadata` may not set {reserved}: these keys are computed from "
+            "the exported graph. Rename them (e.g. 'train_input')."
+        )
+    try:
+        # Round trip now, so a bad value fails before anything is written.
+        return json.loads(json.dumps(metadata, default=_json_default))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"`metadata` must be JSON-serializable, got {metadata!r} ({e}). "
+            "Use str, int, float, bool, None, lists and dicts (numpy values "
+            "and paths are converted); convert e.g. dates with `str()`."
+        ) from None
+
+
+def _build_archive(encoder, image_shape):
+    """Returns an `ExportArchive` with both signatures and the embedding dim."""
+    spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
+
+    def embed(images):
+        x = tf.cast(images, tf.float32) / 255.0
+        # training=False: BatchNormalization must use its moving statistics
+        # (and dropout must be off), whatever Keras' global learning phase is.
+        y = encoder(x, training=False)
+        if not tf.is_tensor(y) or y.shape.rank != 2:
+            raise ValueError(
+                f"Encoder {encoder.name!r} must return one tensor of shape "
+                f"[batch, dim], got {y!r}. Add a pooling / Flatten layer at "
+                "the end of the encoder, or export the backbone that ends in "
+                "the feature vector (not a multi-output model)."
+            )
+        # float32 whatever the policy: the signature promises DT_FLOAT.
+        return tf.cast(y, tf.float32)
+
+    # Returning dicts names the outputs "embeddings"; a bare tensor would be
+    # exported as "output_0". The TensorSpec name names the input "images"
+    # (without it the Python argument name would be used).
+    def serving_default(images):
+        return {OUTPUT_NAME: embed(images)}
+
+    def embed_normalized(images):
+        return {OUTPUT_NAME: tf.math.l2_normalize(embed(images), axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    serve_fn = archive.add_endpoint(
+        SERVING_SIGNATURE, serving_default, input_signature=[spec]
+    )
+    archive.add_endpoint(
+        NORMALIZED_SIGNATURE, embed_normalized, input_signature=[spec]
+    )
+    out = serve_fn.get_concrete_function().structured_outputs[OUTPUT_NAME]
+    dim = out.shape[-1]
+    if dim is None:
+        raise ValueError(
+            f"Encoder {encoder.name!r} must have a static feature dimension, "
+            f"got output shape {out.shape}. End the encoder with a layer of "
+            "known width (e.g. Dense or GlobalAveragePooling2D)."
+        )
+    return archive, int(dim)
+
+
+def _read_signature_defs(version_path):
+    """Parses `saved_model.pb` into `{name: SignatureDef}` (no graph loading)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = os.path.join(os.fspath(version_path), "saved_model.pb")
+    if not os.path.isfile(pb_path):
+        raise ValueError(
+            f"No SavedModel at {os.fspath(version_path)!r}: "
+            f"{pb_path!r} does not exist. Pass a version directory such as "
+            "'<export_dir>/1'."
+        )
+    saved_model = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(
+        f"SavedModel at {os.fspath(version_path)!r} has no 'serve' tag set, "
+        "so TF Serving cannot load it. Re-export it with `export_encoder`."
+    )
+
+
+def _verify_signatures(version_path):
+    # Checks the artifact TF Serving actually reads, so a change in how
+    # ExportArchive / tf.saved_model name tensors cannot silently break the
+    # client contract ("images" in, "embeddings" out).
+    signature_defs = _read_signature_defs(version_path)
+    for name in (SERVING_SIGNATURE, NORMALIZED_SIGNATURE):
+        sig = signature_defs.get(name)
+        got = None
+        if sig is not None:
+            got = (
+                {k: v.dtype for k, v in sig.inputs.items()},
+                {k: v.dtype for k, v in sig.outputs.items()},
+            )
+        expected = (
+            {INPUT_NAME: tf.uint8.as_datatype_enum},
+            {OUTPUT_NAME: tf.float32.as_datatype_enum},
+        )
+        if got != expected:
+            raise RuntimeError(
+                f"Exported signature {name!r} has (inputs, outputs) "
+                f"{got}, expected {expected} (DataType enums). This is a bug "
+                "in keras_contrastive.export with this Keras/TensorFlow "
+                f"version (keras {keras.__version__}, tensorflow "
+                f"{tf.__version__}); please report it."
+            )
+
+
+def _write_version(encoder, path, image_shape, user_metadata):
+    """Writes the complete version (SavedModel + metadata) into `path`."""
+    archive, dim = _build_archive(encoder, image_shape)
+    archive.write_out(path, verbose=False)
+    _verify_signatures(path)
+    metadata = {
+        "format": METADATA_FORMAT,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "shape": [None, *image_shape],
+            "preprocessing": "float32 = uint8 / 255",
+        },
+        "output": {"name": OUTPUT_NAME, "dim": dim},
+        "encoder": encoder.name,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE],
+    }
+    metadata.update(user_metadata)
+    os.makedirs(os.path.join(path, METADATA_DIR), exist_ok=True)
+    with open(os.path.join(path, METADATA_DIR, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def export_encoder(
+    model_or_encoder, export_dir, version=None, *, overwrite=False, metadata=None
+):
+    """Exports an encoder as a versioned SavedModel ready for TF Serving.
+
+    Writes `<export_dir>/<version>/` with `saved_model.pb`, `variables/` and
+    `assets.extra/keras_contrastive.json`. The version is first written to a
+    hidden temporary directory inside `export_dir` and renamed into place when
+    complete; on any error the temporary directory is removed, so a numbered
+    directory is always a complete SavedModel.
+
+    Signatures (both take `images`, uint8 `[batch, H, W, C]`, any batch size):
+
+    - `serving_default`: `{"embeddings": float32 [batch, dim]}`, computed as
+      `encoder(float32(images) / 255, training=False)`.
+    - `embed_normalized`: `{"embeddings": ...}` with L2-normalized rows.
+
+    Example:
+
+    ```python
+    path = export_encoder(trainer, "/models/simclr")  # "/models/simclr/1"
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    emb = served(images=tf.constant(uint8_batch))["embeddings"]
+    ```
+
+    Args:
+        model_or_encoder: keras.Model. Either the encoder itself (float32
+            images in [0, 1], `[batch, H, W, C]` with static H, W, C, to
+            `[batch, dim]`) or a trainer whose `.encoder` attribute is one;
+            a trainer's projection head is not exported.
+        export_dir: str or os.PathLike. The model's base directory, the one TF
+            Serving's `--model_base_path` points to. Created if missing.
+        version: int >= 1 or None. Version directory name. Defaults to None,
+            meaning `next_version(export_dir)` (1 for an empty directory).
+        overwrite: bool. Whether to replace an existing `<version>` directory.
+            The old one is moved aside, the new one renamed in, then the old
+            one deleted (so the version is briefly absent, never partial).
+            Defaults to False.
+        metadata: dict or None. JSON-serializable extra entries merged into the
+            metadata file (e.g. `{"dataset": "cifar10", "epochs": 500}`;
+            numpy scalars / arrays and paths are converted); may
+            override "encoder" or "created" but not "format", "input" or
+            "output". Defaults to None.
+
+    Returns:
+        str. The version directory, `<export_dir>/<version>`.
+    """
+    encoder = _resolve_encoder(model_or_encoder)
+    export_dir = _check_export_dir(export_dir)
+    if version is not None:
+        version = _check_version(version)
+    if not isinstance(overwrite, bool):
+        raise ValueError(
+            f"`overwrite` must be True or False, got {overwrite!r}."
+        )
+    user_metadata = _check_metadata(metadata)
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "export_encoder needs the TensorFlow Keras backend, got "
+            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before "
+            "importing keras."
+        )
+    image_shape = _image_shape(encoder)
+
+    os.makedirs(export_dir, exist_ok=True)
+    if version is None:
+        version = next_version(export_dir)
+    final_path = os.path.join(export_dir, str(version))
+    if os.path.lexists(final_path) and not overwrite:
+        raise ValueError(
+            f"Version {version} already exists at {final_path!r}. Pass "
+            "overwrite=True to replace it, or version=None to write "
+            f"version {next_version(export_dir)}."
+        )
+
+    # Same directory => same filesystem, so the final rename is atomic. The
+    # leading "." keeps TF Serving (and `next_version`) from treating it as a
+    # version while it is being written.
+    tmp_path = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    try:
+        _write_version(encoder, tmp_path, image_shape, user_metadata)
+        _move_into_place(tmp_path, final_path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        raise
+    return final_path
+
+
+def _move_into_place(tmp_path, final_path, overwrite):
+    if not os.path.lexists(final_path):
+        try:
+            # os.rename, not os.replace: on Windows it refuses an existing
+            # destination, and on POSIX neither replaces a non-empty directory,
+            # so a version written concurrently by another process is never
+            # clobbered.
+            os.rename(tmp_path, final_path)
+        except OSError as e:
+            raise FileExistsError(
+                f"Could not move the export into {final_path!r} ({e}); another "
+                "process probably wrote this version concurrently. Export "
+                "again with version=None."
+            ) from e
+        return
+    if not overwrite:  # Appeared while we were writing.
+        raise FileExistsError(
+            f"{final_path!r} was created while exporting. Export again with "
+            "version=None, or pass overwrite=True."
+        )
+    # There is no portable atomic swap of two directories: move the old
+    # version aside (hidden name), move the new one in, then delete the old.
+    # The aside name is hidden too, and unique because the temp dir's is.
+    old_path = os.path.join(
+        os.path.dirname(tmp_path), ".old" + os.path.basename(tmp_path)[len(".tmp"):]
+    )
+    os.rename(final_path, old_path)
+    try:
+        os.rename(tmp_path, final_path)
+    except BaseException:
+        os.rename(old_path, final_path)  # Put the previous version back.
+        raise
+    if os.path.isdir(old_path) and not os.path.islink(old_path):
+        shutil.rmtree(old_path, ignore_errors=True)
+    else:
+        os.remove(old_path)
+
+
+def load_metadata(version_path):
+    """Reads the metadata written by `export_encoder`.
+
+    Args:
+        version_path: str or os.PathLike. A version directory, e.g. the path
+            returned by `export_encoder` (`<export_dir>/<version>`).
+
+    Returns:
+        dict. The JSON metadata: "format", "input" (name, dtype, shape,
+        preprocessing), "output" (name, dim), "encoder", "keras_version",
+        "tensorflow_version", "created", "signatures" and any user entries.
+    """
+    if not isinstance(version_path, (str, os.PathLike)):
+        raise ValueError(
+            "`version_path` must be a str or os.PathLike, got "
+            f"{version_path!r}. Pass a version directory, e.g. "
+            "'/models/my_encoder/1'."
+        )
+    version_path = os.fspath(version_path)
+    path = os.path.join(version_path, METADATA_DIR, METADATA_FILE)
+    if not os.path.isfile(path):
+        hint = ""
+        if os.path.isdir(version_path) and not os.path.isfile(
+            os.path.join(version_path, "saved_model.pb")
+        ):
+            hint = (
+                " It holds no saved_model.pb either; pass a version directory "
+                f"such as {os.path.join(version_path, '1')!r}."
+            )
+        raise ValueError(
+            f"No keras_contrastive metadata at {path!r}: {version_path!r} was "
+            f"not written by `export_encoder`.{hint}"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------- command line
+
+
+def _format_tensor_info(name, info):
+    from tensorflow.core.framework import types_pb2
+
+    if info.tensor_shape.unknown_rank:
+        shape = "unknown rank"
+    else:
+        dims = [d.size for d in info.tensor_shape.dim]
+        shape = "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
+    dtype = tf.dtypes.as_dtype(info.dtype).name
+    enum_name = types_pb2.DataType.Name(info.dtype)  # As saved_model_cli shows it.
+    return f"    {name}: {dtype} ({enum_name}) shape {shape}"
+
+
+def _resolve_version_path(path):
+    # Accept the export_dir too (inspect its latest version), as
+    # `saved_model_cli` users often point at the base directory by mistake.
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if os.path.isdir(path):
+        latest = next_version(path) - 1
+        candidate = os.path.join(path, str(latest))
+        if latest >= 1 and os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise ValueError(
+        f"No SavedModel found at {path!r}. Pass a version directory "
+        "('<export_dir>/<version>') or an export_dir holding numbered versions."
+    )
+
+
+def _inspect(path, out):
+    version_path = _resolve_version_path(path)
+    print(f"SavedModel: {version_path}", file=out)
+    signature_defs = _read_signature_defs(version_path)
+    # serving_default first: it is what TF Serving uses when none is named.
+    names = sorted(signature_defs, key=lambda n: (n != SERVING_SIGNATURE, n))
+    for sig_name in names:
+        if sig_name.startswith("__"):  # e.g. __saved_model_init_op
+            continue
+        sig = signature_defs[sig_name]
+        print(f"signature {sig_name!r} (method {sig.method_name}):", file=out)
+        print("  inputs:", file=out)
+        for name in sorted(sig.inputs):
+            print(_format_tensor_info(name, sig.inputs[name]), file=out)
+        print("  outputs:", file=out)
+        for name in sorted(sig.outputs):
+            print(_format_tensor_info(name, sig.outputs[name]), file=out)
+    try:
+        metadata = load_metadata(version_path)
+    except ValueError:
+        print("metadata: none (not written by keras_contrastive)", file=out)
+    else:
+        print("metadata:", file=out)
+        print(json.dumps(metadata, indent=2, sort_keys=True), file=out)
+
+
+def main(argv=None):
+    """Command line entry point; returns the process exit code.
+
+    Args:
+        argv: list of str or None. Arguments without the program name.
+            Defaults to None, meaning `sys.argv[1:]`.
+
+    Returns:
+        int. 0 on success, 2 on a usage or input error (message on stderr).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_contrastive.export",
+        description="Export keras_contrastive encoders for TF Serving, or "
+        "inspect an exported SavedModel.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_inspect = sub.add_parser(
+        "inspect", help="Print signatures (names, dtypes, shapes) and metadata."
+    )
+    p_inspect.add_argument(
+        "path", help="Version directory, or export_dir (latest version)."
+    )
+    p_export = sub.add_parser(
+        "export", help="Export the encoder of a .keras file as a new version."
+    )
+    p_export.add_argument(
+        "--model", required=True, help="A .keras file (encoder or trainer)."
+    )
+    p_export.add_argument("--export_dir", required=True, help="Base directory.")
+    p_export.add_argument(
+        "--version", type=int, default=None, help="Defaults to the next free one."
+    )
+    p_export.add_argument(
+        "--overwrite", action="store_true", help="Replace an existing version."
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "inspect":
+            _inspect(args.path, sys.stdout)
+        else:
+            if not os.path.isfile(args.model):
+                raise ValueError(
+                    f"--model {args.model!r} does not exist. Pass a file "
+                    "saved with `model.save('encoder.keras')`."
+                )
+            # compile=False: the optimizer/loss are irrelevant for inference
+            # and may reference custom objects that are not importable here.
+            model = keras.saving.load_model(args.model, compile=False)
+            path = export_encoder(
+                model, args.export_dir, args.version, overwrite=args.overwrite
+            )
+            print(path)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
