@@ -357,6 +357,10 @@ class SimCLRAugmenter(keras.layers.Layer):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
 
+    def build(self, input_shape):
+        # No weights: any image shape works.
+        self.built = True
+
     @property
     def blur_enabled(self):
         if self.blur is None:

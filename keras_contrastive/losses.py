@@ -23,14 +23,20 @@ def _check_temperature(temperature):
         )
 
 
-def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """L2-normalizes `x` in float32 (cosine similarity needs unit vectors).
+def at_least_float32(x):
+    """Casts bfloat16/float16 to float32; float32 and float64 stay as they are."""
+    dtype = "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
+    return ops.cast(x, dtype)
 
-    Computed in float32 whatever the input dtype, so bfloat16/float16
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """L2-normalizes `x` in at least float32 (cosine similarity needs unit vectors).
+
+    Computed in float32 for bfloat16/float16 inputs, so low-precision
     embeddings do not lose the small differences that a temperature of 0.05
-    magnifies twentyfold.
+    magnifies twentyfold (float64 inputs stay float64).
     """
-    x = ops.cast(x, "float32")
+    x = at_least_float32(x)
     norm_sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x * ops.rsqrt(ops.maximum(norm_sq, epsilon))
 
@@ -48,7 +54,8 @@ def nt_xent_logits(z1, z2, temperature):
         temperature: float > 0.
 
     Returns:
-        `(logits, labels)`: float32 `[2n, 2N]` and int32 `[2n]`. Rows
+        `(logits, labels)`: float32 (float64 for float64 inputs) `[2n, 2N]`
+        and int32 `[2n]`. Rows
         `[0, n)` are the first views as anchors, rows `[n, 2n)` the second views.
     """
     _check_temperature(temperature)

@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_contrastive import distributed
 from keras_contrastive.encoders import feature_dim as _feature_dim
+from keras_contrastive.losses import at_least_float32
 from keras_contrastive.losses import cross_entropy_from_logits
 
 
@@ -76,6 +77,11 @@ class ContrastiveTrainer(keras.Model):
                 )
             augmenter = list(augmenter)
         self.augmenter = augmenter
+        for layer in augmenter if isinstance(augmenter, list) else [augmenter]:
+            # Augmenters hold no weights; mark them built so the whole model
+            # counts as built without seeing data (see _maybe_symbolic_build).
+            if isinstance(layer, keras.layers.Layer) and not layer.built:
+                layer.build((None, None, None, None))
         if num_classes is not None and int(num_classes) < 2:
             raise ValueError(f"`num_classes` must be >= 2 or None; got {num_classes}.")
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -179,7 +185,7 @@ class ContrastiveTrainer(keras.Model):
             # stop_gradient: the probe learns from the features but never
             # sends gradient into the encoder.
             probe_in = ops.stop_gradient(ops.concatenate(features, axis=0))
-            probe_logits = ops.cast(self.probe(probe_in), "float32")
+            probe_logits = at_least_float32(self.probe(probe_in))
             probe_labels = ops.tile(ops.cast(ops.reshape(y, (-1,)), "int32"), (self.num_views,))
             probe_loss = ops.mean(cross_entropy_from_logits(probe_logits, probe_labels))
         return loss, extra, probe_loss, probe_logits, probe_labels
@@ -217,6 +223,25 @@ class ContrastiveTrainer(keras.Model):
         if x.dtype == tf.uint8:
             x = tf.cast(x, tf.float32) / 255.0
         return self.encoder(x, training=False)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer (checked on Keras 3.15) peeks at the first batch
+        # under a tf.distribute strategy to build the model symbolically: it
+        # opens an extra iterator over the dataset and throws it away. That
+        # advances every per-iteration random stream of the input pipeline
+        # (shuffle order, the per-epoch view keys of `contrastive_views`), so
+        # N replicas would train on other views than one replica does; it also
+        # MEAN-reduces the batch, which fails on uint8 images
+        # (keras-team/keras#20585). Every trainer here creates its variables in
+        # __init__, so unless compile() added Keras losses or metrics, which do
+        # need a batch to build, only the optimizer remains to be built.
+        if self._compile_loss is None and self._compile_metrics is None and all(
+            layer.built for layer in self._flatten_layers()
+        ):
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=None)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # -------------------------------------------------------- serialization
     def get_config(self):
