@@ -50,9 +50,12 @@ def float64():
     """Equivalence tests run in float64: in float32 even permuting the examples
     of a batch on one replica moves this tiny BN network's weights by ~1e-5
     after a few steps (measured), which would hide real differences."""
+    # Keras caches the global dtype policy on first use, so set it with floatx.
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def weights_of(model):
