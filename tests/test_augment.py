@@ -117,7 +117,7 @@ def test_color_jitter_brightness_factor_range():
 def test_blur_preserves_mean_of_constant_interior_and_smooths():
     x = np.zeros((2, 33, 33, 1), "float32")
     x[:, 16, 16, 0] = 1.0
-    out = augment.gaussian_blur(SEED, tf.constant(x), kernel_size=9).numpy()
+    out = augment.gaussian_blur(tf.constant(x), tf.constant([1.0, 2.0]), kernel_size=9).numpy()
     np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
     assert np.all(out[:, 16, 16, 0] < 1.0)
 
@@ -165,3 +165,67 @@ def test_config_round_trip_and_presets():
     x = images()
     np.testing.assert_array_equal(aug(x, seed=SEED).numpy(), clone(x, seed=SEED).numpy())
     assert not aug.blur_enabled and augment.SimCLRAugmenter(96).blur_enabled
+
+
+def test_crop_and_resize_matches_tensorflow(rng):
+    x = tf.constant(rng.random((6, 20, 24, 3)), tf.float32)
+    lo = rng.random((6, 2)) * 0.5
+    hi = lo + 0.1 + rng.random((6, 2)) * 0.4
+    boxes = tf.constant(np.concatenate([lo, hi], axis=1)[:, [0, 1, 2, 3]], tf.float32)
+    for size in [(16, 16), (7, 9), (1, 1)]:
+        want = tf.image.crop_and_resize(x, boxes, tf.range(6), size)
+        np.testing.assert_allclose(augment.crop_and_resize(x, boxes, size).numpy(), want.numpy(), atol=1e-5)
+
+
+def test_xla_and_plain_paths_agree():
+    x = images(8, size=40)
+    kw = dict(blur=True, solarize_probability=0.5, seed=0)
+    fast = augment.SimCLRAugmenter(32, jit_compile=True, **kw)(x, seed=SEED).numpy()
+    plain = augment.SimCLRAugmenter(32, jit_compile=False, **kw)(x, seed=SEED).numpy()
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def _jitter_reference(image, factors, hue, order):
+    """One image, ops applied one by one in `order` (torchvision definitions), float64."""
+    x = image.astype("float64")
+    luma = lambda im: (im * [0.2989, 0.5870, 0.1140]).sum(-1, keepdims=True)  # noqa: E731
+    for op in order:
+        if op == 0:
+            x = np.clip(x * factors[0], 0, 1)
+        elif op == 1:
+            m = luma(x).mean()
+            x = np.clip(m + factors[1] * (x - m), 0, 1)
+        elif op == 2:
+            g = luma(x)
+            x = np.clip(g + factors[2] * (x - g), 0, 1)
+        else:
+            hsv = tf.image.rgb_to_hsv(x.astype("float32")).numpy().astype("float64")
+            hsv[..., 0] = np.mod(hsv[..., 0] + hue, 1.0)
+            x = np.clip(tf.image.hsv_to_rgb(hsv.astype("float32")).numpy(), 0, 1)
+    return x
+
+
+def test_color_jitter_applies_each_images_own_order(rng):
+    x = rng.random((24, 6, 6, 3)).astype("float32")
+    params = augment.sample_color_jitter(SEED, 24, strength=1.0)
+    orders = params["order"].numpy()
+    assert len({tuple(o) for o in orders}) > 5  # many different orders in one batch
+    got = augment.apply_color_jitter(tf.constant(x), params).numpy()
+    for i in range(24):
+        want = _jitter_reference(x[i], params["factors"].numpy()[i], params["hue"].numpy()[i], orders[i])
+        np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=f"image {i}, order {orders[i]}")
+
+
+def test_blur_matches_scipy_style_reference(rng):
+    x = rng.random((3, 12, 10, 2)).astype("float32")
+    sigma = np.array([0.3, 1.0, 2.0], "float32")
+    got = augment.gaussian_blur(tf.constant(x), tf.constant(sigma), kernel_size=5).numpy()
+    for b in range(3):
+        k = np.exp(-np.arange(-2, 3) ** 2 / (2 * sigma[b] ** 2))
+        k /= k.sum()
+        want = np.zeros_like(x[b], dtype="float64")
+        padded = np.pad(x[b], [(2, 2), (2, 2), (0, 0)])
+        for i in range(5):
+            for j in range(5):
+                want += k[i] * k[j] * padded[i : i + 12, j : j + 10]
+        np.testing.assert_allclose(got[b], want, atol=1e-5)
