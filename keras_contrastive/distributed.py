@@ -70,3 +70,34 @@ def global_offset(local_batch):
     row" or "my positive's row" in the gathered tensor adds this offset.
     """
     return replica_id() * tf.cast(local_batch, tf.int32)
+
+
+def check_even_split(local_batch):
+    """Fails with a clear message unless every replica holds `local_batch` examples.
+
+    Cross-replica losses index the gathered batch by `replica_id *
+    local_batch`, which is only right when the global batch divides evenly
+    over the replicas; tf.distribute otherwise gives the replicas uneven
+    slices (e.g. 3 and 2 of a batch of 5) without complaint.
+
+    Args:
+        local_batch: int32 scalar, this replica's batch size.
+
+    Returns:
+        An assert op (None with one replica), already run in eager mode and
+        ordered automatically inside `tf.function`.
+    """
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    sizes = ctx.all_gather(tf.reshape(tf.cast(local_batch, tf.int32), [1]), axis=0)
+    return tf.debugging.assert_equal(
+        sizes,
+        tf.fill(tf.shape(sizes), sizes[0]),
+        message=(
+            f"The global batch must split evenly over the {ctx.num_replicas_in_sync} "
+            "replicas (batch the data with a global batch size divisible by the number "
+            "of replicas, and drop_remainder=True). Per-replica batch sizes:"
+        ),
+        summarize=ctx.num_replicas_in_sync,
+    )

@@ -62,6 +62,7 @@ def nt_xent_logits(z1, z2, temperature):
     z1 = l2_normalize(z1)
     z2 = l2_normalize(z2)
     n = ops.shape(z1)[0]
+    distributed.check_even_split(n)
     # Negatives from every replica; after the gather this replica's rows start
     # at `offset` within each half of the candidate set.
     z1_all = distributed.all_gather(z1)

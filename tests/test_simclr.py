@@ -208,3 +208,11 @@ def test_host_side_augmentation_gives_replica_independent_training(float64):
     np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
     for (path, want), (_, got) in zip(weights_of(ref_model), weights_of(model)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+
+
+def test_a_batch_the_replicas_cannot_split_is_a_clear_error():
+    model = build(cpu_strategy(2))
+    views = random_views(10)
+    ds = tf.data.Dataset.from_tensor_slices(views).batch(5, drop_remainder=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="split evenly over the 2 replicas"):
+        model.fit(ds, epochs=1, verbose=0)
