@@ -41,6 +41,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--skip_baselines", action="store_true")
+    parser.add_argument("--no_zero_init_residual", action="store_true", help="torchvision's ResNet init")
     args = parser.parse_args()
 
     x_train, y_train = kc.data.load_arrays("fashion_mnist", "train", image_size=32, channels=3)
@@ -50,7 +51,9 @@ def main():
 
     def encoder():
         keras.utils.set_random_seed(0)
-        return kc.encoders.ResNet18((32, 32, 3), stem="cifar", width_multiplier=0.25)
+        return kc.encoders.ResNet18(
+            (32, 32, 3), stem="cifar", width_multiplier=0.25, zero_init_residual=not args.no_zero_init_residual
+        )
 
     def sgd():
         schedule = keras.optimizers.schedules.CosineDecay(0.12, args.epochs * steps)

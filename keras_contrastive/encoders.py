@@ -61,7 +61,7 @@ def _conv(filters, kernel_size, strides, name):
     )
 
 
-def _basic_block(x, filters, strides, synchronized, name):
+def _basic_block(x, filters, strides, synchronized, name, zero_init):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv(filters, 1, strides, f"{name}_proj_conv")(x)
@@ -70,12 +70,12 @@ def _basic_block(x, filters, strides, synchronized, name):
     y = batch_norm(synchronized, f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = _conv(filters, 3, 1, f"{name}_conv2")(y)
-    y = batch_norm(synchronized, f"{name}_bn2", zero_init=True)(y)
+    y = batch_norm(synchronized, f"{name}_bn2", zero_init=zero_init)(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def _bottleneck_block(x, filters, strides, synchronized, name):
+def _bottleneck_block(x, filters, strides, synchronized, name, zero_init):
     out_filters = 4 * filters
     shortcut = x
     if strides != 1 or x.shape[-1] != out_filters:
@@ -89,12 +89,12 @@ def _bottleneck_block(x, filters, strides, synchronized, name):
     y = batch_norm(synchronized, f"{name}_bn2")(y)
     y = layers.ReLU(name=f"{name}_relu2")(y)
     y = _conv(out_filters, 1, 1, f"{name}_conv3")(y)
-    y = batch_norm(synchronized, f"{name}_bn3", zero_init=True)(y)
+    y = batch_norm(synchronized, f"{name}_bn3", zero_init=zero_init)(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def _resnet(block, blocks_per_stage, input_shape, stem, width_multiplier, synchronized_bn, name):
+def _resnet(block, blocks_per_stage, input_shape, stem, width_multiplier, synchronized_bn, zero_init_residual, name):
     _check_args(tuple(input_shape), stem, width_multiplier)
     width = lambda c: max(1, int(round(c * width_multiplier)))  # noqa: E731
     inputs = keras.Input(tuple(input_shape), name="images")
@@ -111,12 +111,19 @@ def _resnet(block, blocks_per_stage, input_shape, stem, width_multiplier, synchr
         filters = width(64 * 2**stage)
         for i in range(num_blocks):
             strides = 2 if (i == 0 and stage > 0) else 1
-            x = block(x, filters, strides, synchronized_bn, f"stage{stage + 1}_block{i + 1}")
+            x = block(x, filters, strides, synchronized_bn, f"stage{stage + 1}_block{i + 1}", zero_init_residual)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, features, name=name)
 
 
-def ResNet18(input_shape=(32, 32, 3), stem="cifar", width_multiplier=1.0, synchronized_bn=False, name="resnet18"):
+def ResNet18(
+    input_shape=(32, 32, 3),
+    stem="cifar",
+    width_multiplier=1.0,
+    synchronized_bn=False,
+    zero_init_residual=True,
+    name="resnet18",
+):
     """ResNet-18 encoder returning the global-average-pooled features.
 
     Args:
@@ -125,6 +132,9 @@ def ResNet18(input_shape=(32, 32, 3), stem="cifar", width_multiplier=1.0, synchr
             and max-pool). Defaults to "cifar".
         width_multiplier: float. Scales every layer's channels. Defaults to 1.0.
         synchronized_bn: bool. Cross-replica BatchNorm. Defaults to False.
+        zero_init_residual: bool. Start each residual branch's last BN at
+            gamma = 0, as SimCLR's ResNet does (torchvision's default is
+            False). Defaults to True.
         name: str. Defaults to "resnet18".
 
     Input: float32 `[batch, height, width, channels]` in [0, 1].
@@ -139,17 +149,28 @@ def ResNet18(input_shape=(32, 32, 3), stem="cifar", width_multiplier=1.0, synchr
     References:
         He et al. Deep Residual Learning for Image Recognition. CVPR 2016.
     """
-    return _resnet(_basic_block, (2, 2, 2, 2), input_shape, stem, width_multiplier, synchronized_bn, name)
+    return _resnet(
+        _basic_block, (2, 2, 2, 2), input_shape, stem, width_multiplier, synchronized_bn, zero_init_residual, name
+    )
 
 
-def ResNet50(input_shape=(224, 224, 3), stem="imagenet", width_multiplier=1.0, synchronized_bn=False, name="resnet50"):
+def ResNet50(
+    input_shape=(224, 224, 3),
+    stem="imagenet",
+    width_multiplier=1.0,
+    synchronized_bn=False,
+    zero_init_residual=True,
+    name="resnet50",
+):
     """ResNet-50 encoder returning the global-average-pooled features.
 
     Same arguments as `ResNet18` (defaults: 224x224x3, ImageNet stem).
 
     Output: float32 `[batch, 2048 * width_multiplier]`.
     """
-    return _resnet(_bottleneck_block, (3, 4, 6, 3), input_shape, stem, width_multiplier, synchronized_bn, name)
+    return _resnet(
+        _bottleneck_block, (3, 4, 6, 3), input_shape, stem, width_multiplier, synchronized_bn, zero_init_residual, name
+    )
 
 
 def feature_dim(encoder):
