@@ -17,5 +17,6 @@ from keras_contrastive import layers
 from keras_contrastive import losses
 from keras_contrastive import optimizers
 from keras_contrastive.trainers import SimCLR
+from keras_contrastive.trainers import SupCon
 
 __version__ = "0.1.0"

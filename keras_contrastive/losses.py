@@ -147,3 +147,117 @@ class NTXent(keras.losses.Loss):
         config = super().get_config()
         config["temperature"] = self.temperature
         return config
+
+
+def _check_labels(labels, batch):
+    if labels is None:
+        return None
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 2 and labels.shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+    if len(labels.shape) != 1:
+        raise ValueError(f"`labels` must be a vector [batch]; got shape {tuple(labels.shape)}.")
+    if labels.shape[0] is not None and batch is not None and labels.shape[0] != batch:
+        raise ValueError(
+            f"`labels` has {labels.shape[0]} entries but `features` has {batch} examples; "
+            "pass one label per example."
+        )
+    if "int" not in keras.backend.standardize_dtype(labels.dtype):
+        raise ValueError(f"`labels` must be integer class ids; got dtype {labels.dtype}.")
+    return ops.cast(labels, "int32")
+
+
+def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contrast_mode="all"):
+    """Supervised contrastive loss, SupCon L_out (Khosla et al. 2020, eq. 2).
+
+    For every anchor i (all views, or the first view only), with P(i) the
+    other views that share its label and A(i) every view but i itself:
+
+        l_i = -(temperature / base_temperature) / |P(i)|
+              * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a in A(i)} exp(z_i.z_a / t) )
+
+    and the loss is the mean of l_i over the anchors that have at least one
+    positive (an anchor alone in its class is left out rather than NaN). The
+    (temperature / base_temperature) factor is the reference code's. Without
+    labels every image is its own class, which is SimCLR's loss: with 2 views
+    and `base_temperature == temperature` it equals `nt_xent`.
+
+    Under a strategy, features and labels are gathered from all replicas:
+    anchors are this replica's, candidates the global batch's. Each replica
+    returns `R * (its anchors' loss sum) / (global number of valid anchors)`,
+    so the mean over replicas is the global mean even when replicas hold
+    different numbers of anchors with positives.
+
+    Args:
+        features: Tensor `[batch, views, dim]`; L2-normalized here.
+        labels: int Tensor `[batch]` or None. Defaults to None.
+        temperature: float > 0. Defaults to 0.07 (paper).
+        base_temperature: float > 0. Defaults to 0.07.
+        contrast_mode: str. "all" (every view is an anchor) or "one" (the
+            first view only). Defaults to "all".
+
+    Returns:
+        float32 scalar (float64 for float64 features).
+
+    Example:
+
+    >>> f = keras.random.normal((8, 2, 16)); y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> float(supcon(f, y, temperature=0.1)) > 0
+    True
+
+    References:
+        Khosla et al. Supervised Contrastive Learning. NeurIPS 2020.
+    """
+    _check_temperature(temperature)
+    if not (isinstance(base_temperature, (int, float)) and base_temperature > 0):
+        raise ValueError(f"`base_temperature` must be > 0; got {base_temperature}.")
+    if contrast_mode not in ("all", "one"):
+        raise ValueError(f"`contrast_mode` must be 'all' or 'one'; got {contrast_mode!r}.")
+    features = ops.convert_to_tensor(features)
+    if len(features.shape) != 3 or features.shape[1] is None:
+        raise ValueError(
+            f"`features` must be [batch, views, dim] with a known number of views; got shape "
+            f"{tuple(features.shape)}. For one view per image, stack two augmented views."
+        )
+    labels = _check_labels(labels, features.shape[0])
+    num_views = features.shape[1]
+    features = l2_normalize(features)
+    n = ops.shape(features)[0]
+    distributed.check_even_split(n)
+    offset = distributed.global_offset(n)
+    gathered = distributed.all_gather(features)  # [N, V, dim]
+    big_n = ops.shape(gathered)[0]
+    if labels is None:
+        # Every image its own class: the positives are its other views.
+        ids = ops.arange(n, dtype="int32") + offset
+        all_ids = ops.arange(big_n, dtype="int32")
+    else:
+        ids = labels
+        all_ids = distributed.all_gather(labels)
+    # View-major layout: column v * N + j is view v of global image j.
+    candidates = ops.reshape(ops.transpose(gathered, (1, 0, 2)), (num_views * big_n, -1))
+    candidate_ids = ops.tile(all_ids, (num_views,))
+    local = ops.arange(n, dtype="int32") + offset
+    if contrast_mode == "all":
+        anchors = ops.reshape(ops.transpose(features, (1, 0, 2)), (num_views * n, -1))
+        anchor_ids = ops.tile(ids, (num_views,))
+        self_index = ops.concatenate([local + v * big_n for v in range(num_views)], axis=0)
+    else:
+        anchors = features[:, 0]
+        anchor_ids = ids
+        self_index = local
+    logits = ops.matmul(anchors, ops.transpose(candidates)) / temperature
+    self_mask = ops.one_hot(self_index, num_views * big_n, dtype="bool")
+    positive = ops.logical_and(
+        ops.equal(anchor_ids[:, None], candidate_ids[None, :]), ops.logical_not(self_mask)
+    )
+    logits = ops.where(self_mask, float("-inf"), logits)
+    log_prob = logits - ops.logsumexp(logits, axis=1, keepdims=True)
+    num_positive = ops.sum(ops.cast(positive, log_prob.dtype), axis=1)
+    summed = ops.sum(ops.where(positive, log_prob, 0.0), axis=1)
+    per_anchor = -(temperature / base_temperature) * summed / ops.maximum(num_positive, 1.0)
+    valid = ops.cast(num_positive > 0, per_anchor.dtype)
+    local_sum = ops.sum(per_anchor * valid)
+    global_count = distributed.all_reduce_sum(ops.sum(valid))
+    replicas = ops.cast(distributed.num_replicas(), per_anchor.dtype)
+    return replicas * local_sum / ops.maximum(global_count, 1.0)

@@ -4,28 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras_contrastive as kc
-from conftest import cpu_strategy
-
-
-def tiny_encoder(channels=1, size=16, synchronized_bn=True, seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((size, size, channels))
-    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
-    x = kc.layers.batch_normalization(synchronized_bn)(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, x, name="tiny")
-
-
-def random_views(n=16, size=16, channels=1, seed=0):
-    """Random views whose per-image brightness varies, so that pooled features
-    vary across the batch (pure noise pools to nearly constant features, and
-    BatchNorm over near-constant features is too ill-conditioned to compare
-    replica counts at 1e-5)."""
-    rng = np.random.default_rng(seed)
-    level = rng.random((n, 2, 1, 1, 1))
-    views = level * 0.7 + 0.3 * rng.random((n, 2, size, size, channels))
-    return views.astype("float32")
+from conftest import cpu_strategy, random_views, tiny_encoder, train, weights_of
 
 
 def build(strategy, synchronized_bn=True, num_classes=None, head_version=2, learning_rate=0.01, **compile_kwargs):
@@ -36,31 +15,6 @@ def build(strategy, synchronized_bn=True, num_classes=None, head_version=2, lear
         )
         model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), **compile_kwargs)
     return model
-
-
-def train(model, views, labels=None, batch=16, steps=3):
-    data = views if labels is None else (views, labels)
-    ds = tf.data.Dataset.from_tensor_slices(data).batch(batch, drop_remainder=True).take(steps)
-    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
-    return history.history
-
-
-@pytest.fixture
-def float64():
-    """Equivalence tests run in float64: in float32 even permuting the examples
-    of a batch on one replica moves this tiny BN network's weights by ~1e-5
-    after a few steps (measured), which would hide real differences."""
-    # Keras caches the global dtype policy on first use, so set it with floatx.
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy("float32")
-
-
-def weights_of(model):
-    """Model variables in creation order (layer auto-names differ between builds)."""
-    return [(v.path, v.numpy()) for v in model.weights]
 
 
 @pytest.mark.parametrize("num_replicas", [2, 4])

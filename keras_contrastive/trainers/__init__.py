@@ -2,3 +2,4 @@
 
 from keras_contrastive.trainers.base import ContrastiveTrainer
 from keras_contrastive.trainers.simclr import SimCLR
+from keras_contrastive.trainers.supcon import SupCon

@@ -58,13 +58,19 @@ class ContrastiveTrainer(keras.Model):
             reports `probe_accuracy` and never changes the encoder's
             gradients (SimCLR appendix B.6). Defaults to None.
         seed: int. Seed of the in-step augmentation. Defaults to 0.
+        num_views: int or None. Views per image; None takes the method's
+            `num_views`. Defaults to None.
     """
 
     #: Number of augmented views per image that the method consumes.
     num_views = 2
 
-    def __init__(self, encoder, augmenter=None, num_classes=None, seed=0, **kwargs):
+    def __init__(self, encoder, augmenter=None, num_classes=None, seed=0, num_views=None, **kwargs):
         super().__init__(**kwargs)
+        if num_views is not None:
+            if int(num_views) < 2:
+                raise ValueError(f"`num_views` must be >= 2; got {num_views}.")
+            self.num_views = int(num_views)
         if not isinstance(encoder, keras.Model):
             raise ValueError(f"`encoder` must be a keras.Model; got {type(encoder).__name__}.")
         self.encoder = encoder
@@ -96,11 +102,12 @@ class ContrastiveTrainer(keras.Model):
         self._extra_trackers = {}
 
     # ----------------------------------------------------------- subclass API
-    def contrastive_loss(self, features, training):
+    def contrastive_loss(self, features, labels, training):
         """The method's loss on the encoder features of each view.
 
         Args:
             features: list of `num_views` tensors `[local_batch, feature_dim]`.
+            labels: int tensor `[local_batch]`, or None when the data has none.
             training: bool.
 
         Returns:
@@ -179,7 +186,7 @@ class ContrastiveTrainer(keras.Model):
         # views together, as in SimCLR's reference code.
         features = self.encoder(ops.concatenate(views, axis=0), training=training)
         features = ops.split(features, self.num_views, axis=0) if self.num_views > 1 else [features]
-        loss, extra = self.contrastive_loss(features, training=training)
+        loss, extra = self.contrastive_loss(features, y, training=training)
         probe_loss, probe_logits, probe_labels = None, None, None
         if self.probe is not None and y is not None:
             # stop_gradient: the probe learns from the features but never

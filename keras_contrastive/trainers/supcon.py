@@ -1,0 +1,103 @@
+"""SupCon: supervised contrastive learning (Khosla et al. 2020)."""
+
+import keras
+from keras import ops
+
+from keras_contrastive import heads
+from keras_contrastive import losses
+from keras_contrastive.trainers.base import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class SupCon(ContrastiveTrainer):
+    """Supervised contrastive trainer (stage 1 of SupCon's two-stage training).
+
+    Every view of every image of the same class is a positive of an anchor
+    (`kc.losses.supcon`, L_out); the projection head is SupCon's MLP
+    (Dense(hidden) -> ReLU -> Dense(projection_dim)). Stage 2 trains a linear
+    classifier on the frozen `model.encoder` (`recipes/supcon.py`).
+
+    Args:
+        encoder: keras.Model. Float images in [0, 1] to `[batch, dim]`.
+        augmenter: layer or list of `num_views` layers.
+        temperature: float > 0. Defaults to 0.1 (paper, section 4).
+        base_temperature: float > 0. The reference code's loss scale
+            `temperature / base_temperature`. Defaults to 0.07.
+        contrast_mode: str. "all" or "one". Defaults to "all".
+        num_views: int >= 2. Defaults to 2.
+        projection_dim: int. Defaults to 128.
+        projection_hidden_dim: int or None. Defaults to the feature size.
+        num_classes: int or None. Online linear probe. Defaults to None.
+        seed: int. In-step augmentation seed. Defaults to 0.
+
+    Inputs to `fit`: `(views [batch, num_views, H, W, C], labels [batch])` or
+    `(images [batch, H, W, C], labels)`. Data without labels is an error:
+    SimCLR is the label-free special case.
+
+    Metrics: `loss` and, with `num_classes`, `probe_loss` / `probe_accuracy`.
+
+    Example:
+
+    >>> model = SupCon(ResNet18((32, 32, 3), width_multiplier=0.25), SimCLRAugmenter(32))
+    >>> model.compile(optimizer=LARS(learning_rate=0.5))
+    >>> model.fit(model.views_dataset(kc.data.load("fashion_mnist"), 256), epochs=1)
+
+    References:
+        Khosla et al. Supervised Contrastive Learning. NeurIPS 2020.
+    """
+
+    num_views = 2
+
+    def __init__(
+        self,
+        encoder,
+        augmenter=None,
+        temperature=0.1,
+        base_temperature=0.07,
+        contrast_mode="all",
+        num_views=2,
+        projection_dim=128,
+        projection_hidden_dim=None,
+        num_classes=None,
+        seed=0,
+        **kwargs,
+    ):
+        for name, value in (("temperature", temperature), ("base_temperature", base_temperature)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+        if contrast_mode not in ("all", "one"):
+            raise ValueError(f"`contrast_mode` must be 'all' or 'one'; got {contrast_mode!r}.")
+        super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, num_views=num_views, **kwargs)
+        self.temperature = float(temperature)
+        self.base_temperature = float(base_temperature)
+        self.contrast_mode = contrast_mode
+        self.projection_dim = int(projection_dim)
+        self.projection_hidden_dim = projection_hidden_dim
+        hidden = int(projection_hidden_dim or self.feature_dim)
+        self.projection_head = heads.ProjectionHead([hidden], self.projection_dim, name="projection_head")
+        self.projection_head.build((None, self.feature_dim))
+        self.built = True
+
+    def contrastive_loss(self, features, labels, training):
+        if labels is None:
+            raise ValueError(
+                "SupCon needs labels: fit it on (views, labels) or (images, labels). For "
+                "unlabeled data use kc.SimCLR, SupCon's label-free special case."
+            )
+        z = self.projection_head(ops.concatenate(features, axis=0), training=training)
+        z = ops.stack(ops.split(z, self.num_views, axis=0), axis=1)  # [batch, views, dim]
+        labels = ops.reshape(labels, (-1,))
+        loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode)
+        return loss, {}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            num_views=self.num_views,
+            projection_dim=self.projection_dim,
+            projection_hidden_dim=self.projection_hidden_dim,
+        )
+        return config
