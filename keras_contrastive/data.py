@@ -248,6 +248,41 @@ def load_arrays(name, split="train", **kwargs):
     return x, y
 
 
+def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0):
+    """An endless stream in which every class is equally likely.
+
+    For SupCon on imbalanced data: with classes drawn uniformly, rare classes
+    appear often enough that their anchors have positives in a batch. Each
+    class is a filtered, shuffled, repeated copy of `dataset`, and
+    `tf.data.Dataset.sample_from_datasets` picks among them with equal
+    weights.
+
+    Args:
+        dataset: `tf.data.Dataset` of `(image, label)`, unbatched.
+        num_classes: int. Labels must be in `[0, num_classes)`; every class
+            must occur at least once.
+        shuffle_buffer: int. Per-class shuffle buffer. Defaults to 10000.
+        seed: int. Defaults to 0.
+
+    Returns:
+        An infinite `tf.data.Dataset` of `(image, label)`; batch it (or pass
+        it to `contrastive_views`, which needs no `repeat=True` then).
+    """
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(
+            "class_balanced needs labels: `dataset` must yield (image, label) pairs; "
+            f"got elements {spec}."
+        )
+    num_classes = _check_int("num_classes", num_classes, minimum=2)
+    streams = []
+    for c in range(num_classes):
+        stream = dataset.filter(lambda image, label, c=c: tf.equal(tf.cast(label, tf.int64), c))
+        streams.append(stream.shuffle(shuffle_buffer, seed=seed + c).repeat())
+    weights = [1.0 / num_classes] * num_classes
+    return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+
+
 def contrastive_views(
     dataset,
     augmenter,
@@ -288,7 +323,8 @@ def contrastive_views(
             different seeds); a list must hold exactly `num_views`
             callables, one per view (e.g. asymmetric BYOL augmentations).
         batch_size: int. Number of images per batch, at least 1.
-        num_views: int. Number of views of each image, at least 2. Defaults
+        num_views: int. Number of views of each image (1 gives one augmented
+            view for supervised training). Defaults
             to `2`.
         shuffle_buffer: int or `None`. Shuffle buffer size; `None` does not
             shuffle. Defaults to `None`.
@@ -318,7 +354,7 @@ def contrastive_views(
             f"`keras_contrastive.data.load`). Received: {type(dataset).__name__}"
         )
     batch_size = _check_int("batch_size", batch_size, minimum=1)
-    num_views = _check_int("num_views", num_views, minimum=2)
+    num_views = _check_int("num_views", num_views, minimum=1)
     seed = _check_int("seed", seed, minimum=-(2**31))
     if seed >= 2**31:
         raise ValueError(

@@ -550,7 +550,7 @@ def test_views_bad_arguments(small):
     with pytest.raises(ValueError, match="batch_size"):
         data.contrastive_views(ds, noisy_augmenter, batch_size=0)
     with pytest.raises(ValueError, match="num_views"):
-        data.contrastive_views(ds, noisy_augmenter, batch_size=2, num_views=1)
+        data.contrastive_views(ds, noisy_augmenter, batch_size=2, num_views=0)
     with pytest.raises(ValueError, match="3 augmenters for num_views=2"):
         data.contrastive_views(ds, [noisy_augmenter] * 3, batch_size=2)
     with pytest.raises(ValueError, match="not callable"):
@@ -569,3 +569,18 @@ def test_views_bad_arguments(small):
         data.contrastive_views(ds, [noisy_augmenter, cropping], batch_size=2)
     with pytest.raises(ValueError, match="tf.data.Dataset"):
         data.contrastive_views(x, noisy_augmenter, batch_size=2)
+
+
+def test_class_balanced_sampling_evens_out_rare_classes():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    images = rng.integers(0, 256, (1000, 4, 4, 1)).astype("uint8")
+    ds = data.class_balanced(data.load((images, labels)), 3, seed=1)
+    drawn = np.array([int(y) for _, y in ds.take(3000).as_numpy_iterator()])
+    counts = np.bincount(drawn, minlength=3) / len(drawn)
+    np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.04)
+    # Images stay paired with their labels.
+    for x, y in ds.take(50).as_numpy_iterator():
+        assert any(np.array_equal(x, images[i]) for i in np.flatnonzero(labels == y))
+    with pytest.raises(ValueError, match="labels"):
+        data.class_balanced(data.load(images), 3)

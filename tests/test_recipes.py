@@ -11,6 +11,37 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TINY = ["--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
+        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0"]
+
+
+def run_recipe(name, tmp_path, *extra):
+    model_dir, export_dir = tmp_path / "run", tmp_path / "export"
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), *TINY,
+           "--model_dir", str(model_dir), "--export_dir", str(export_dir), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads((model_dir / "results.json").read_text()), model_dir, export_dir
+
+
+@pytest.mark.slow
+def test_supcon_two_stage_recipe_end_to_end(tmp_path):
+    stdout, results, model_dir, export_dir = run_recipe("supcon", tmp_path, "--class_balanced", "--num_views", "3")
+    assert "Linear probe accuracy" in stdout
+    assert 0.1 < results["linear_probe_accuracy"] <= 1.0
+    assert 0.1 < results["knn_accuracy"] <= 1.0
+    assert (export_dir / "1" / "saved_model.pb").exists()
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
+
+
+@pytest.mark.slow
+def test_supervised_baseline_recipe_end_to_end(tmp_path):
+    stdout, results, _, export_dir = run_recipe("supervised", tmp_path)
+    assert "Classifier test accuracy" in stdout
+    assert 0.1 < results["test_accuracy"] <= 1.0
+    assert (export_dir / "1" / "saved_model.pb").exists()
+
+
 @pytest.mark.slow
 def test_simclr_recipe_end_to_end(tmp_path):
     model_dir, export_dir = tmp_path / "run", tmp_path / "export"

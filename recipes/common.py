@@ -1,0 +1,127 @@
+"""What every recipe shares: flags, data, encoder, optimizer, callbacks, evaluation, export.
+
+Recipes stay stories (data, augmenter, encoder, trainer, callbacks, fit,
+evaluation, export, top to bottom); the steps that read the same in every
+story live here so that a flag means the same thing in all of them.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info/warning logs out of the story
+
+import keras  # noqa: E402
+
+import keras_contrastive as kc  # noqa: E402
+
+
+def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0, temperature=0.5):
+    """The flags every recipe takes, with this method's defaults."""
+    name = f"{method}_fashion_mnist"
+    p = parser
+    p.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (local files), a tfds name, or an image folder")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch_size", type=int, default=batch_size, help="global batch size (all replicas)")
+    p.add_argument("--steps_per_epoch", type=int, default=None, help="default: one pass over the training split")
+    p.add_argument("--image_size", type=int, default=32, help="Fashion-MNIST's 28x28 is zero-padded to 32x32")
+    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--model_dir", default=f"runs/{name}")
+    p.add_argument("--export_dir", default=f"saved_models/{name}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
+    p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
+    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
+    p.add_argument("--width_multiplier", type=float, default=0.25)
+    p.add_argument("--projection_dim", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
+    p.add_argument("--learning_rate", type=float, default=learning_rate, help="base rate, scaled by --lr_scaling")
+    p.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt"])
+    p.add_argument("--weight_decay", type=float, default=1e-6)
+    p.add_argument("--warmup_epochs", type=float, default=0.2)
+    p.add_argument("--knn_k", type=int, default=200)
+    p.add_argument("--linear_probe_epochs", type=int, default=30, help="0 skips the linear probe")
+    p.add_argument("--no_export", action="store_true")
+    p.add_argument("--verbose", type=int, default=1)
+    return p
+
+
+def train_split(args):
+    return "train" if not args.max_train_examples else f"train[:{args.max_train_examples}]"
+
+
+def load_split(args, split):
+    """`(dataset, arrays)` of a split: the tf.data source and `(x, y)` numpy arrays (y may be None)."""
+    channels = args.channels or None
+    dataset = kc.data.load(args.dataset, split, image_size=args.image_size, channels=channels)
+    arrays = kc.data.load_arrays(args.dataset, split, image_size=args.image_size, channels=channels)
+    return dataset, arrays
+
+
+def build_encoder(args, image_shape):
+    build = {"resnet18": kc.encoders.ResNet18, "resnet50": kc.encoders.ResNet50}[args.encoder]
+    return build(image_shape, stem=args.stem, width_multiplier=args.width_multiplier)
+
+
+def schedule_and_optimizer(args, steps_per_epoch, exclude_names=()):
+    """Learning rate scaled by the global batch, linear warmup + cosine; LARS or SGD."""
+    total_steps = steps_per_epoch * args.epochs
+    peak = kc.optimizers.scale_learning_rate(args.learning_rate, args.batch_size, args.lr_scaling)
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
+    schedule = kc.optimizers.warmup_cosine(peak, total_steps, warmup)
+    if args.optimizer == "lars":
+        return kc.optimizers.LARS(schedule, momentum=0.9, weight_decay=args.weight_decay, exclude_names=list(exclude_names))
+    return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay)
+
+
+def callbacks(args, sample_views=None):
+    """TensorBoard (+ augmented views), backup to resume a killed run, a checkpoint per epoch, NaN guard."""
+    os.makedirs(os.path.join(args.model_dir, "checkpoints"), exist_ok=True)
+    log_dir = os.path.join(args.model_dir, "logs")
+    result = [
+        kc.callbacks.LearningRateLogger(),
+        keras.callbacks.TensorBoard(log_dir, update_freq=20),
+        keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if sample_views is not None:
+        png = os.path.join(args.model_dir, "views.png")
+        result.insert(2, kc.callbacks.ViewPairsImage(sample_views, log_dir, png_path=png))
+    return result
+
+
+def first_views(views_dataset):
+    sample = next(iter(views_dataset))
+    return sample[0] if isinstance(sample, tuple) else sample
+
+
+def evaluate_frozen(args, encoder, train_arrays, test_arrays):
+    """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split."""
+    (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays
+    if y_train is None or y_test is None:
+        return {}
+    print("Extracting features for the kNN bank and the test split...")
+    f_train = kc.evaluation.extract_features(encoder, x_train, verbose=args.verbose)
+    f_test = kc.evaluation.extract_features(encoder, x_test, verbose=args.verbose)
+    results = {"knn_accuracy": kc.evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=args.knn_k, verbose=args.verbose)}
+    print(f"kNN accuracy (k={args.knn_k}, cosine, temperature 0.1): {results['knn_accuracy']:.4f}")
+    if args.linear_probe_epochs:
+        results["linear_probe_accuracy"] = kc.evaluation.linear_probe(
+            f_train, y_train, f_test, y_test, epochs=args.linear_probe_epochs, verbose=0
+        )
+        print(f"Linear probe accuracy: {results['linear_probe_accuracy']:.4f}")
+    return results
+
+
+def export_and_save_results(args, model, method, recipe, results):
+    """Exports the encoder (no projection head) unless --no_export; writes results.json."""
+    if not args.no_export:
+        metadata = {"method": method, "recipe": recipe, "args": vars(args), "evaluation": results}
+        results["export_path"] = kc.export.export_encoder(model, args.export_dir, metadata=metadata)
+        print(f"Exported the encoder to {results['export_path']}")
+    os.makedirs(args.model_dir, exist_ok=True)
+    with open(os.path.join(args.model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

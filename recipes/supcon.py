@@ -1,0 +1,89 @@
+"""SupCon: supervised contrastive pretraining, then a linear classifier on the frozen encoder.
+
+Command (default: the real Fashion-MNIST from Debian's `dataset-fashion-mnist`):
+
+    python recipes/supcon.py
+
+Two stages as in Khosla et al. 2020: (1) `kc.SupCon` trained with `model.fit` on
+(views, labels), (2) a linear classifier on the frozen pooled features (the
+encoder's output, projection head removed), whose test accuracy is printed, with
+the kNN accuracy. `recipes/supervised.py` trains the same encoder with cross-entropy
+on the same budget for comparison. `--class_balanced` samples classes uniformly so
+that rare classes have positives in every batch.
+
+Expected on 2 CPU cores: about 10 minutes; figures in benchmarks/RESULTS.md.
+"""
+
+import argparse
+
+import common
+import keras
+
+import keras_contrastive as kc
+
+
+def main(argv=None):
+    parser = common.add_common_flags(
+        argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supcon", learning_rate=0.5, temperature=0.1
+    )
+    parser.add_argument("--base_temperature", type=float, default=0.07)
+    parser.add_argument("--contrast_mode", default="all", choices=["all", "one"])
+    parser.add_argument("--num_views", type=int, default=2)
+    parser.add_argument("--class_balanced", action="store_true")
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+
+    # 1. Data: labelled uint8 images.
+    split = common.train_split(args)
+    train, train_arrays = common.load_split(args, split)
+    if train_arrays[1] is None:
+        raise SystemExit(f"SupCon needs labels and {args.dataset} has none: use recipes/simclr.py.")
+    num_train = len(train_arrays[0])
+    num_classes = int(train_arrays[1].max()) + 1
+    if args.class_balanced:
+        train = kc.data.class_balanced(train, num_classes, seed=args.seed)
+
+    # 2. Augmentation: SimCLR-style views, made on the host.
+    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+
+    # 3. Stage 1: encoder + SupCon trainer.
+    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+    model = kc.SupCon(
+        encoder,
+        augmenter,
+        temperature=args.temperature,
+        base_temperature=args.base_temperature,
+        contrast_mode=args.contrast_mode,
+        num_views=args.num_views,
+        projection_dim=args.projection_dim,
+        num_classes=num_classes,
+        seed=args.seed,
+    )
+    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+    model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+    views = model.views_dataset(
+        train,
+        args.batch_size,
+        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000),
+        seed=args.seed,
+        repeat=not args.class_balanced,
+    )
+    model.fit(
+        views,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=common.callbacks(args, common.first_views(views)),
+        verbose=args.verbose,
+        shuffle=False,
+    )
+
+    # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).
+    _, test_arrays = common.load_split(args, "test")
+    results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
+
+    # 5. Export the encoder.
+    return common.export_and_save_results(args, model, "SupCon", "recipes/supcon.py", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Supervised cross-entropy baseline: the same encoder and budget as the contrastive recipes.
+
+Command:
+
+    python recipes/supervised.py
+
+Trains `encoder + Dense(num_classes)` with cross-entropy on one augmented view per
+image (the same augmenter preset, batch, epochs, optimizer and schedule as
+`recipes/supcon.py`), then reports the test accuracy of the classifier itself and,
+for a like-for-like comparison, the kNN and linear-probe accuracy of its frozen
+encoder.
+"""
+
+import argparse
+
+import common
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_contrastive as kc
+
+
+def main(argv=None):
+    parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5)
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+
+    # 1. Data.
+    split = common.train_split(args)
+    train, train_arrays = common.load_split(args, split)
+    num_train = len(train_arrays[0])
+    num_classes = int(train_arrays[1].max()) + 1
+
+    # 2. One augmented view per image, made on the host with the same augmenter.
+    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    views = kc.data.contrastive_views(
+        train, augmenter, args.batch_size, num_views=1, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True
+    ).map(lambda v, y: (v[:, 0], y))
+
+    # 3. Encoder + linear classifier, cross-entropy.
+    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+    classifier = keras.Sequential([encoder, keras.layers.Dense(num_classes, name="classifier")])
+    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+    classifier.compile(
+        optimizer=common.schedule_and_optimizer(args, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    classifier.fit(
+        views, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=common.callbacks(args), verbose=args.verbose
+    )
+
+    # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe.
+    _, (x_test, y_test) = common.load_split(args, "test")
+    logits = classifier.predict(tf.cast(x_test, tf.float32) / 255.0, batch_size=512, verbose=0)
+    results = {"test_accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test))}
+    print(f"Classifier test accuracy: {results['test_accuracy']:.4f}")
+    results.update(common.evaluate_frozen(args, encoder, train_arrays, (x_test, y_test)))
+    return common.export_and_save_results(args, encoder, "supervised", "recipes/supervised.py", results)
+
+
+if __name__ == "__main__":
+    main()
