@@ -56,6 +56,9 @@ SERVING_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "embed_normalized"
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "keras_contrastive.json"
+# The encoder as a Keras file beside the SavedModel, for fine-tuning with the
+# full Keras semantics (BN in training mode); TF Serving ignores assets.extra.
+KERAS_FILE = "encoder.keras"
 METADATA_FORMAT = 1
 # Computed from the exported graph; letting `metadata=` override them would
 # make the file contradict the SavedModel it describes.
@@ -321,9 +324,11 @@ def _write_version(encoder, path, image_shape, user_metadata):
             timespec="seconds"
         ),
         "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE],
+        "keras_file": f"{METADATA_DIR}/{KERAS_FILE}",
     }
     metadata.update(user_metadata)
     os.makedirs(os.path.join(path, METADATA_DIR), exist_ok=True)
+    encoder.save(os.path.join(path, METADATA_DIR, KERAS_FILE))
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
         f.write("\n")

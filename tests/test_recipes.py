@@ -72,3 +72,31 @@ def test_simclr_recipe_end_to_end(tmp_path):
     np.testing.assert_allclose(
         served["embeddings"].numpy(), model.encoder(x / 255.0, training=False).numpy(), atol=1e-5
     )
+
+
+@pytest.mark.slow
+def test_finetune_recipe_from_an_export_and_a_keras_file(tmp_path):
+    _, _, model_dir, export_dir = run_recipe("simclr", tmp_path / "pretrain")
+    for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
+        out = tmp_path / ("ft_" + os.path.basename(source))
+        cmd = [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder_path", source,
+               "--max_train_examples", "512", "--label_fractions", "0.1,1.0", "--min_steps", "3",
+               "--finetune_epochs", "1", "--batch_size", "32", "--width_multiplier", "0.125",
+               "--model_dir", str(out), "--verbose", "0"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((out / "results.json").read_text())
+        assert 48 <= results["0.1"]["labels"] <= 56 and results["1"]["labels"] == 512  # ~10% of each class
+        for row in results.values():
+            assert 0.0 < row["pretrained"] <= 1.0 and 0.0 < row["scratch"] <= 1.0
+
+
+def test_balanced_subset_takes_the_fraction_of_every_class():
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    from finetune import balanced_subset
+
+    labels = np.array([0] * 100 + [1] * 300 + [2] * 600)
+    idx = balanced_subset(labels, 0.1, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [10, 30, 60]
+    assert len(set(idx)) == len(idx)
+    assert not np.array_equal(idx, balanced_subset(labels, 0.1, seed=1))

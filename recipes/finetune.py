@@ -1,0 +1,127 @@
+"""Semi-supervised fine-tuning: a pretrained encoder against the same network from scratch.
+
+Command (after `python recipes/simclr.py` has exported an encoder):
+
+    python recipes/finetune.py --encoder_path saved_models/simclr_fashion_mnist
+
+The SimCLR paper's protocol (section 6, appendix B.5): take a class-balanced
+labelled subset (1%, 10% or 100% of the training labels), fine-tune the
+pretrained encoder with a linear classification head on it, and compare with the
+same architecture trained from scratch on the same labels and budget. The encoder
+comes from any trainer, as an export (SavedModel: its BN then runs in inference
+mode) or a `.keras` file (an encoder or a trainer). Prints one line per fraction.
+
+Expected on 2 CPU cores with the defaults (1% and 10%): a few minutes; figures in
+benchmarks/RESULTS.md.
+"""
+
+import argparse
+import json
+import os
+
+import common
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_contrastive as kc
+
+
+def balanced_subset(labels, fraction, seed):
+    """Indices of a class-balanced subset holding `fraction` of each class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(chosen))
+
+
+def scratch_encoder(args, metadata):
+    """The export's architecture with fresh weights (from the recipe args in its metadata)."""
+    trained = metadata.get("args", {}) if metadata else {}
+    for flag in ("encoder", "width_multiplier", "stem"):
+        if flag in trained and not args.override_architecture:
+            setattr(args, flag, trained[flag])
+    return args
+
+
+def classifier_from(encoder_uint8, num_classes):
+    inputs = keras.Input(encoder_uint8.input_shape[1:], dtype="uint8", name="images")
+    logits = keras.layers.Dense(num_classes, name="classifier")(encoder_uint8(inputs))
+    return keras.Model(inputs, logits)
+
+
+def train_and_test(model, train_ds, steps, args, x_test, y_test):
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    model.compile(
+        keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=args.verbose)
+    logits = model.predict(x_test, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == y_test))
+
+
+def main(argv=None):
+    parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "finetune", batch_size=128)
+    parser.add_argument("--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras")
+    parser.add_argument("--label_fractions", default="0.01,0.1", help="comma-separated, e.g. 0.01,0.1,1.0")
+    parser.add_argument("--finetune_epochs", type=int, default=20, help="passes over each labelled subset")
+    parser.add_argument("--min_steps", type=int, default=100)
+    parser.add_argument("--override_architecture", action="store_true", help="use --encoder/--width_multiplier/--stem for the scratch model")
+    parser.set_defaults(learning_rate=0.05)
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+
+    # 1. Data: the full training split (labels subsampled below) and the test split.
+    _, (x_train, y_train) = common.load_split(args, common.train_split(args))
+    _, (x_test, y_test) = common.load_split(args, "test")
+    num_classes = int(y_train.max()) + 1
+    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+
+    metadata = None
+    if not args.encoder_path.endswith(".keras"):
+        metadata = kc.export.load_metadata(kc.downstream.resolve_version(args.encoder_path))
+    scratch_encoder(args, metadata)
+
+    results = {}
+    for fraction in [float(f) for f in args.label_fractions.split(",")]:
+        # 2. A class-balanced labelled subset, augmented (one view per image) on the host.
+        idx = balanced_subset(y_train, fraction, args.seed)
+        subset = kc.data.load((x_train[idx], y_train[idx]))
+        batch = min(args.batch_size, len(idx))
+        views = kc.data.contrastive_views(
+            subset, augmenter, batch, num_views=1, shuffle_buffer=len(idx), seed=args.seed, repeat=True
+        ).map(lambda v, y: (tf.cast(tf.round(v[:, 0] * 255.0), tf.uint8), y))
+        steps = max(args.min_steps, args.finetune_epochs * (len(idx) // batch))
+
+        # 3. Fine-tune the pretrained encoder, and train the same network from scratch.
+        pretrained = classifier_from(kc.downstream.load_encoder(args.encoder_path, trainable=True), num_classes)
+        fresh = common.build_encoder(args, x_train.shape[1:])
+        scratch_inputs = keras.Input(x_train.shape[1:], dtype="uint8")
+        scratch = classifier_from(
+            keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))), num_classes
+        )
+        row = {
+            "labels": int(len(idx)),
+            "pretrained": train_and_test(pretrained, views, steps, args, x_test, y_test),
+            "scratch": train_and_test(scratch, views, steps, args, x_test, y_test),
+        }
+        results[f"{fraction:g}"] = row
+        print(
+            f"{fraction:>6.1%} labels ({row['labels']} images, {steps} steps): "
+            f"fine-tuned {row['pretrained']:.4f}   from scratch {row['scratch']:.4f}",
+            flush=True,
+        )
+
+    os.makedirs(args.model_dir, exist_ok=True)
+    with open(os.path.join(args.model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

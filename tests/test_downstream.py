@@ -1,0 +1,60 @@
+import numpy as np
+import keras
+import pytest
+
+import keras_contrastive as kc
+from conftest import tiny_encoder
+
+
+@pytest.fixture
+def exported(tmp_path):
+    encoder = tiny_encoder(channels=1, size=16, synchronized_bn=False)
+    bn = [l for l in encoder.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    bn.moving_mean.assign(np.linspace(-0.2, 0.2, 8))
+    keras_path = str(tmp_path / "encoder.keras")
+    encoder.save(keras_path)
+    version = kc.export.export_encoder(encoder, str(tmp_path / "export"))
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 1)).astype("uint8")
+    return encoder, keras_path, version, str(tmp_path / "export"), images
+
+
+@pytest.mark.parametrize("source", ["keras", "version", "model_dir", "savedmodel_only"])
+def test_load_encoder_matches_the_trained_encoder(exported, source):
+    encoder, keras_path, version, model_dir, images = exported
+    path = {"keras": keras_path, "version": version, "model_dir": model_dir, "savedmodel_only": version}[source]
+    loaded = kc.downstream.load_encoder(path, trainable=False, prefer_keras_file=source != "savedmodel_only")
+    assert any(isinstance(l, kc.downstream.SavedModelEncoder) for l in loaded.layers) == (source == "savedmodel_only")
+    want = encoder(images / 255.0, training=False).numpy()
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), want, atol=1e-5)
+    # Float inputs holding 0-255 values work too.
+    np.testing.assert_allclose(loaded(images.astype("float32")).numpy(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["keras", "version"])
+def test_fine_tuning_updates_the_loaded_encoder(exported, source):
+    encoder, keras_path, version, _, images = exported
+    loaded = kc.downstream.load_encoder(keras_path if source == "keras" else version, trainable=True)
+    assert loaded.trainable_weights
+    model = keras.Sequential([loaded, keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy().copy() for w in loaded.trainable_weights]
+    model.fit(images, np.array([0, 1, 2, 0, 1, 2]), epochs=2, verbose=0)
+    assert any(np.abs(a - w.numpy()).max() > 0 for a, w in zip(before, loaded.trainable_weights))
+
+
+def test_frozen_encoder_has_no_trainable_weights(exported):
+    _, keras_path, version, _, _ = exported
+    assert not kc.downstream.load_encoder(keras_path, trainable=False).trainable_weights
+    assert not kc.downstream.load_encoder(version, trainable=False).trainable_weights
+    assert not kc.downstream.load_encoder(version, trainable=False, prefer_keras_file=False).trainable_weights
+
+
+def test_trainable_savedmodel_without_keras_file_is_a_clear_error(exported):
+    _, _, version, _, _ = exported
+    with pytest.raises(ValueError, match="re-export"):
+        kc.downstream.load_encoder(version, trainable=True, prefer_keras_file=False)
+
+
+def test_bad_path(tmp_path):
+    with pytest.raises(ValueError, match="SavedModel"):
+        kc.downstream.load_encoder(str(tmp_path))
