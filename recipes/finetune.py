@@ -41,7 +41,7 @@ def balanced_subset(labels, fraction, seed):
 def scratch_encoder(args, metadata):
     """The export's architecture with fresh weights (from the recipe args in its metadata)."""
     trained = metadata.get("args", {}) if metadata else {}
-    for flag in ("encoder", "width_multiplier", "stem"):
+    for flag in ("encoder", "width_multiplier", "stem", "zero_init_residual"):
         if flag in trained and not args.override_architecture:
             setattr(args, flag, trained[flag])
     return args

@@ -1,11 +1,12 @@
-"""SimCLR training throughput (images/s), against a keras-io style reference.
+"""Training throughput (images/s) of the trainers, against a keras-io style reference.
 
-Run: python benchmarks/simclr_throughput.py [--widths 0.25 1.0] [--steps 12]
+Run: python benchmarks/throughput.py [--methods simclr supcon] [--widths 0.25 1.0] [--steps 12]
 
 Measures, in one process, on the same network (ResNet-18, CIFAR stem), data
 (32x32x3, batch 256, 2 views, pre-augmented so only the step is timed) and
 optimizer (SGD momentum):
-  * keras_contrastive: `kc.SimCLR` + `model.fit` on a views dataset;
+  * keras_contrastive: `kc.SimCLR` / `kc.SupCon` + `model.fit` on a views dataset
+    (SupCon with 10 classes of labels);
   * reference: the step written the keras-io way (GradientTape, a plain
     NT-Xent from the keras-io SimCLR example's formulation, `tf.function`).
 Prints the median images/s of each and their ratio. Figures go to
@@ -35,19 +36,24 @@ class StepTimer(keras.callbacks.Callback):
         self.times = []
 
 
-def views_dataset(steps):
+def views_dataset(steps, labels=False):
     rng = np.random.default_rng(0)
     views = rng.random((BATCH, 2, SIZE, SIZE, 3)).astype("float32")
+    if labels:
+        return tf.data.Dataset.from_tensors((views, rng.integers(0, 10, BATCH))).repeat(steps)
     return tf.data.Dataset.from_tensors(views).repeat(steps)
 
 
-def bench_kc(width, steps, precision):
+def bench_kc(width, steps, precision, method="simclr"):
     keras.mixed_precision.set_global_policy(precision)
     encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
-    model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
+    if method == "simclr":
+        model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
+    else:
+        model = kc.SupCon(encoder, temperature=0.1)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     timer = StepTimer()
-    model.fit(views_dataset(steps), epochs=1, verbose=0, callbacks=[timer])
+    model.fit(views_dataset(steps, labels=method == "supcon"), epochs=1, verbose=0, callbacks=[timer])
     keras.mixed_precision.set_global_policy("float32")
     return BATCH / np.median(timer.times[2:])
 
@@ -89,14 +95,18 @@ def main():
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--methods", nargs="+", default=["simclr", "supcon"])
     args = parser.parse_args()
-    print(f"SimCLR step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
+    print(f"Training step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
     for precision in args.precision:
         for width in args.widths:
             steps = args.steps if width < 0.5 else max(5, args.steps // 3)
             ref = bench_reference(width, steps, precision)
-            ours = bench_kc(width, steps, precision)
-            print(f"width {width:<5} {precision:<15} keras_contrastive {ours:8.1f}   keras-io reference {ref:8.1f}   ratio {ours / ref:5.2f}")
+            row = f"width {width:<5} {precision:<15} keras-io SimCLR reference {ref:7.1f}"
+            for method in args.methods:
+                ours = bench_kc(width, steps, precision, method)
+                row += f"   {method} {ours:7.1f} (ratio {ours / ref:4.2f})"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
