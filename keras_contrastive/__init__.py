@@ -10,6 +10,7 @@ from keras_contrastive import callbacks
 from keras_contrastive import data
 from keras_contrastive import distributed
 from keras_contrastive import downstream
+from keras_contrastive import ema
 from keras_contrastive import encoders
 from keras_contrastive import evaluation
 from keras_contrastive import export

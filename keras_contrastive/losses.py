@@ -261,3 +261,37 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     global_count = distributed.all_reduce_sum(ops.sum(valid))
     replicas = ops.cast(distributed.num_replicas(), per_anchor.dtype)
     return replicas * local_sum / ops.maximum(global_count, 1.0)
+
+
+def info_nce(query, key, temperature=0.2):
+    """MoCo v3's InfoNCE: cross-entropy of `q k^T / t` against the matching key, times 2t.
+
+    Query i's positive is key i (the same image's other view); the negatives
+    are every other key of the global batch: keys are gathered from all
+    replicas and the labels offset by this replica's position, so N replicas
+    compute what one replica computes. The 2t factor is MoCo v3's (its
+    reference `contrastive_loss`), which keeps the gradient scale
+    independent of the temperature. Both inputs are L2-normalized here;
+    keys come from the momentum branch and get no gradient.
+
+    Args:
+        query: Tensor `[batch, dim]`, the query branch's predictions.
+        key: Tensor `[batch, dim]`, the momentum branch's projections.
+        temperature: float > 0. Defaults to 0.2 (MoCo v3, ViT).
+
+    Returns:
+        float32 scalar: mean over this replica's queries.
+
+    References:
+        Chen, Xie, He. An Empirical Study of Training Self-Supervised Vision
+        Transformers. ICCV 2021 (Algorithm 1).
+    """
+    _check_temperature(temperature)
+    q = l2_normalize(query)
+    k = ops.stop_gradient(l2_normalize(key))
+    n = ops.shape(q)[0]
+    distributed.check_even_split(n)
+    k_all = distributed.all_gather(k)
+    logits = ops.matmul(q, ops.transpose(k_all)) / temperature
+    labels = ops.arange(n, dtype="int32") + distributed.global_offset(n)
+    return ops.mean(cross_entropy_from_logits(logits, labels)) * (2.0 * temperature)

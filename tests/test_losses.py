@@ -125,3 +125,53 @@ def test_loss_class_wraps_function(rng):
     loss = losses.NTXent(temperature=0.3)
     np.testing.assert_allclose(float(loss(np.zeros(4), z)), nt_xent_numpy(z[:, 0], z[:, 1], 0.3), rtol=1e-5)
     assert losses.NTXent.from_config(loss.get_config()).temperature == 0.3
+
+
+def info_nce_numpy(q, k, temperature):
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=1, keepdims=True)
+    logits = q.astype("float64") @ k.astype("float64").T / temperature
+    ce = [np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)]
+    return np.mean(ce) * 2 * temperature
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.2, 1.0])
+def test_info_nce_matches_numpy(temperature, rng):
+    q = rng.normal(size=(16, 32)).astype("float32")
+    k = rng.normal(size=(16, 32)).astype("float32")
+    np.testing.assert_allclose(float(losses.info_nce(q, k, temperature)), info_nce_numpy(q, k, temperature), rtol=1e-5)
+    # The symmetric MoCo v3 loss is the sum of the two directions.
+    q2, k2 = rng.normal(size=(2, 16, 32)).astype("float32")
+    sym = float(losses.info_nce(q, k2, temperature) + losses.info_nce(q2, k, temperature))
+    want = info_nce_numpy(q, k2, temperature) + info_nce_numpy(q2, k, temperature)
+    np.testing.assert_allclose(sym, want, rtol=1e-5)
+
+
+def test_info_nce_sends_no_gradient_to_keys(rng):
+    q = tf.constant(rng.normal(size=(4, 8)), tf.float32)
+    k = tf.constant(rng.normal(size=(4, 8)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k])
+        loss = losses.info_nce(q, k, 0.2)
+    assert tape.gradient(loss, k) is None
+    assert np.abs(tape.gradient(loss, q).numpy()).max() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        losses.info_nce(q, k, 0.0)
+
+
+@pytest.mark.parametrize("num_replicas", [2, 4])
+def test_cross_replica_info_nce_equals_single_replica(num_replicas, rng):
+    n = 8
+    q = rng.normal(size=(n, 6)).astype("float32")
+    k = rng.normal(size=(n, 6)).astype("float32")
+    expected = float(losses.info_nce(q, k, 0.2))
+    strategy = cpu_strategy(num_replicas)
+    local = n // num_replicas
+
+    def shard(a):
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
+        )
+
+    loss = tf.function(lambda a, b: strategy.run(lambda x, y: losses.info_nce(x, y, 0.2), args=(a, b)))(shard(q), shard(k))
+    np.testing.assert_allclose(np.mean([float(v) for v in strategy.experimental_local_results(loss)]), expected, rtol=1e-5)
