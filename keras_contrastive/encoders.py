@@ -182,3 +182,160 @@ def feature_dim(encoder):
             f"{shape}. Add a pooling layer (e.g. GlobalAveragePooling2D) at its end."
         )
     return int(shape[-1])
+
+
+# ----------------------------------------------------------------------------- ViT
+
+
+def sincos_position_embedding_2d(grid_h, grid_w, dim, temperature=10000.0):
+    """Fixed 2-D sin-cos position embedding `[grid_h * grid_w, dim]` (MoCo v3's).
+
+    A quarter of the channels each for sin(w), cos(w), sin(h), cos(h) of the
+    patch coordinates, with frequencies `1 / temperature^(i / (dim / 4))`.
+    """
+    import numpy as np
+
+    if dim % 4:
+        raise ValueError(f"The 2-D sin-cos embedding needs a width divisible by 4; got {dim}.")
+    h, w = np.meshgrid(np.arange(grid_h, dtype="float64"), np.arange(grid_w, dtype="float64"), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (np.arange(quarter, dtype="float64") / quarter)
+    out_w = w.reshape(-1)[:, None] * omega[None]
+    out_h = h.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h), np.cos(out_h)], axis=1).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class ClassTokenAndPosition(layers.Layer):
+    """Prepends a learned class token and adds the fixed 2-D sin-cos position embedding.
+
+    Input: `[batch, grid_h * grid_w, dim]` patch embeddings. Output:
+    `[batch, 1 + grid_h * grid_w, dim]`; the class token's position embedding
+    is zero, as in MoCo v3.
+    """
+
+    def __init__(self, grid_size, **kwargs):
+        super().__init__(**kwargs)
+        self.grid_size = tuple(grid_size)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        # MoCo v3 initializes the class token with N(0, 1e-6).
+        self.class_token = self.add_weight(
+            shape=(1, 1, dim), initializer=keras.initializers.RandomNormal(stddev=1e-6), name="class_token"
+        )
+        pos = sincos_position_embedding_2d(*self.grid_size, dim)
+        import numpy as np
+
+        self._position = np.concatenate([np.zeros((1, dim), "float32"), pos])[None]
+        self.built = True
+
+    def call(self, patches):
+        batch = keras.ops.shape(patches)[0]
+        token = keras.ops.broadcast_to(keras.ops.cast(self.class_token, patches.dtype), (batch, 1, patches.shape[-1]))
+        tokens = keras.ops.concatenate([token, patches], axis=1)
+        return tokens + keras.ops.cast(self._position, patches.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] + 1, input_shape[2])
+
+    def get_config(self):
+        config = super().get_config()
+        config["grid_size"] = self.grid_size
+        return config
+
+
+def _vit_block(x, dim, num_heads, mlp_ratio, name):
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm1")(x)
+    y = layers.MultiHeadAttention(num_heads, dim // num_heads, name=f"{name}_attention")(y, y)
+    x = layers.Add(name=f"{name}_add1")([x, y])
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm2")(x)
+    y = layers.Dense(int(dim * mlp_ratio), activation="gelu", name=f"{name}_mlp1")(y)
+    y = layers.Dense(dim, name=f"{name}_mlp2")(y)
+    return layers.Add(name=f"{name}_add2")([x, y])
+
+
+def ViT(input_shape, patch_size, dim, depth, num_heads, mlp_ratio=4.0, freeze_patch_projection=True, name="vit"):
+    """Vision Transformer encoder returning the class token's features.
+
+    Patch projection (a strided convolution, the layer named
+    "patch_projection"), a class token, the fixed 2-D sin-cos position
+    embedding, `depth` pre-norm Transformer blocks and a final LayerNorm.
+    With `freeze_patch_projection` the projection keeps its random initial
+    weights for the whole run, which MoCo v3 found to stabilize training
+    (section 4.2). Written here because keras-hub is not among this
+    project's dependencies and its ViT has a learned position embedding.
+
+    Args:
+        input_shape: tuple `(height, width, channels)`, divisible by the patch.
+        patch_size: int.
+        dim: int. Width (divisible by 4 and by `num_heads`).
+        depth: int. Number of blocks.
+        num_heads: int.
+        mlp_ratio: float. Defaults to 4.
+        freeze_patch_projection: bool. Defaults to True.
+        name: str.
+
+    Input: float32 `[batch, height, width, channels]` in [0, 1].
+    Output: float32 `[batch, dim]`.
+
+    References:
+        Dosovitskiy et al. An Image is Worth 16x16 Words. ICLR 2021.
+        Chen, Xie, He. An Empirical Study of Training Self-Supervised Vision
+        Transformers. ICCV 2021.
+    """
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[0] % patch_size or input_shape[1] % patch_size:
+        raise ValueError(
+            f"`input_shape` must be (height, width, channels) divisible by patch_size={patch_size}; "
+            f"got {input_shape}."
+        )
+    if dim % num_heads or dim % 4:
+        raise ValueError(f"`dim` must be divisible by 4 and by num_heads={num_heads}; got {dim}.")
+    grid = (input_shape[0] // patch_size, input_shape[1] // patch_size)
+    # MoCo v3's patch projection init: uniform with the fan of a linear map
+    # from a 3 * p * p patch to dim (its vits.py), not Keras' conv fan.
+    limit = (6.0 / (input_shape[2] * patch_size * patch_size + dim)) ** 0.5
+    inputs = keras.Input(input_shape, name="images")
+    patch_projection = layers.Conv2D(
+        dim,
+        patch_size,
+        strides=patch_size,
+        kernel_initializer=keras.initializers.RandomUniform(-limit, limit),
+        name="patch_projection",
+    )
+    patch_projection.trainable = not freeze_patch_projection
+    x = patch_projection(inputs)
+    x = layers.Reshape((grid[0] * grid[1], dim), name="patches")(x)
+    x = ClassTokenAndPosition(grid, name="class_token_and_position")(x)
+    for i in range(depth):
+        x = _vit_block(x, dim, num_heads, mlp_ratio, f"block{i + 1}")
+    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    features = ClassFeatures(name="class_features")(x)
+    return keras.Model(inputs, features, name=name)
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class ClassFeatures(layers.Layer):
+    """Selects the class token: `[batch, tokens, dim]` to `[batch, dim]`."""
+
+    def call(self, tokens):
+        return tokens[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+
+def ViTTiny(input_shape=(224, 224, 3), patch_size=16, freeze_patch_projection=True, depth=12, name="vit_tiny"):
+    """ViT-Tiny (DeiT): width 192, 3 heads. Arguments as `ViT`; `depth` defaults to 12."""
+    return ViT(input_shape, patch_size, 192, depth, 3, freeze_patch_projection=freeze_patch_projection, name=name)
+
+
+def ViTSmall(input_shape=(224, 224, 3), patch_size=16, freeze_patch_projection=True, depth=12, name="vit_small"):
+    """ViT-Small as in MoCo v3: width 384, 12 heads (its vits.py). Arguments as `ViT`."""
+    return ViT(input_shape, patch_size, 384, depth, 12, freeze_patch_projection=freeze_patch_projection, name=name)
+
+
+def ViTBase(input_shape=(224, 224, 3), patch_size=16, freeze_patch_projection=True, depth=12, name="vit_base"):
+    """ViT-Base: width 768, 12 heads. Arguments as `ViT`."""
+    return ViT(input_shape, patch_size, 768, depth, 12, freeze_patch_projection=freeze_patch_projection, name=name)

@@ -24,6 +24,9 @@ class ProjectionHead(keras.layers.Layer):
         output_bn_affine: bool. Scale (gamma) on the output BN; its beta is
             always off, as in SimCLR v2. MoCo v3 turns both off. Defaults to True.
         synchronized_bn: bool. Cross-replica BN. Defaults to False.
+        output_use_bias: bool or None. Bias on the output Dense; None means
+            "unless output_batch_norm". MoCo v3's MLPs have no biases at all.
+            Defaults to None.
 
     Input: `[batch, in_dim]`. Output: `[batch, output_dim]`.
 
@@ -42,9 +45,11 @@ class ProjectionHead(keras.layers.Layer):
         output_batch_norm=False,
         output_bn_affine=True,
         synchronized_bn=False,
+        output_use_bias=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.output_use_bias = output_use_bias
         self.hidden_dims = [int(d) for d in hidden_dims]
         self.output_dim = int(output_dim)
         self.batch_norm = batch_norm
@@ -60,7 +65,8 @@ class ProjectionHead(keras.layers.Layer):
                 )
             block.append(layers.ReLU(name=f"relu{i}"))
             self.blocks.append(block)
-        self.output_dense = layers.Dense(self.output_dim, use_bias=not output_batch_norm, name="output_dense")
+        use_bias = (not output_batch_norm) if output_use_bias is None else bool(output_use_bias)
+        self.output_dense = layers.Dense(self.output_dim, use_bias=use_bias, name="output_dense")
         self.output_bn = None
         if output_batch_norm:
             self.output_bn = batch_normalization(
@@ -105,6 +111,7 @@ class ProjectionHead(keras.layers.Layer):
             output_batch_norm=self.output_batch_norm,
             output_bn_affine=self.output_bn_affine,
             synchronized_bn=self.synchronized_bn,
+            output_use_bias=self.output_use_bias,
         )
         return config
 
@@ -133,3 +140,28 @@ def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=
             name="projection_head",
         )
     raise ValueError(f"SimCLR projection head `version` must be 1 or 2; got {version!r}.")
+
+
+def moco_v3_mlp(num_layers, hidden_dim, output_dim, last_bn=True, synchronized_bn=False, name=None):
+    """MoCo v3's MLP (`_build_mlp` in its reference code): no biases, BN + ReLU
+    in hidden layers, and with `last_bn` a BN without affine parameters on the
+    output (the projector; the predictor has none).
+
+    Args:
+        num_layers: int >= 1. 2 or 3 for the projector (ResNet / ViT), 2 for
+            the predictor.
+        hidden_dim: int. 4096 in the paper.
+        output_dim: int. 256 in the paper.
+        last_bn: bool. Defaults to True.
+        synchronized_bn: bool. Defaults to False.
+    """
+    return ProjectionHead(
+        [hidden_dim] * (num_layers - 1),
+        output_dim,
+        batch_norm=True,
+        output_batch_norm=last_bn,
+        output_bn_affine=False,
+        synchronized_bn=synchronized_bn,
+        output_use_bias=False,
+        name=name,
+    )

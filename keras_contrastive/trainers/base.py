@@ -64,6 +64,9 @@ class ContrastiveTrainer(keras.Model):
 
     #: Number of augmented views per image that the method consumes.
     num_views = 2
+    #: Encode all views in one call (BatchNorm statistics over all views, as
+    #: SimCLR does) or one call per view (MoCo v3).
+    concatenate_views = True
 
     def __init__(self, encoder, augmenter=None, num_classes=None, seed=0, num_views=None, **kwargs):
         super().__init__(**kwargs)
@@ -102,13 +105,15 @@ class ContrastiveTrainer(keras.Model):
         self._extra_trackers = {}
 
     # ----------------------------------------------------------- subclass API
-    def contrastive_loss(self, features, labels, training):
+    def contrastive_loss(self, features, labels, training, views):
         """The method's loss on the encoder features of each view.
 
         Args:
             features: list of `num_views` tensors `[local_batch, feature_dim]`.
             labels: int tensor `[local_batch]`, or None when the data has none.
             training: bool.
+            views: list of `num_views` float image batches (for methods with a
+                second, momentum encoder).
 
         Returns:
             `(loss, metrics)`: float32 scalar, the mean over this replica's
@@ -126,6 +131,11 @@ class ContrastiveTrainer(keras.Model):
     def call(self, images, training=False):
         """Encoder features of float images in [0, 1]: `[batch, feature_dim]`."""
         return self.encoder(images, training=training)
+
+    @property
+    def optimized_variables(self):
+        """The variables the optimizer updates (momentum branches are excluded)."""
+        return self.trainable_variables
 
     @property
     def metrics(self):
@@ -182,11 +192,14 @@ class ContrastiveTrainer(keras.Model):
     def _forward(self, data, training):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         views = self._to_views(x, training)
-        # One encoder call on all views: BatchNorm statistics cover the 2N
-        # views together, as in SimCLR's reference code.
-        features = self.encoder(ops.concatenate(views, axis=0), training=training)
-        features = ops.split(features, self.num_views, axis=0) if self.num_views > 1 else [features]
-        loss, extra = self.contrastive_loss(features, y, training=training)
+        if self.concatenate_views:
+            # One encoder call on all views: BatchNorm statistics cover the 2N
+            # views together, as in SimCLR's reference code.
+            features = self.encoder(ops.concatenate(views, axis=0), training=training)
+            features = ops.split(features, self.num_views, axis=0)
+        else:
+            features = [self.encoder(view, training=training) for view in views]
+        loss, extra = self.contrastive_loss(features, y, training=training, views=views)
         probe_loss, probe_logits, probe_labels = None, None, None
         if self.probe is not None and y is not None:
             # stop_gradient: the probe learns from the features but never
@@ -216,7 +229,7 @@ class ContrastiveTrainer(keras.Model):
             # mixed-precision loss scale.
             total = total / ops.cast(distributed.num_replicas(), total.dtype)
             total = self.optimizer.scale_loss(total)
-        variables = self.trainable_variables
+        variables = self.optimized_variables
         gradients = tape.gradient(total, variables)
         self.optimizer.apply(gradients, variables)
         return self._update_metrics(loss, extra, probe_loss, probe_logits, probe_labels)

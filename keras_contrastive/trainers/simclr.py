@@ -80,7 +80,7 @@ class SimCLR(ContrastiveTrainer):
         self._track("contrastive_accuracy")
         self.built = True
 
-    def contrastive_loss(self, features, labels, training):
+    def contrastive_loss(self, features, labels, training, views):
         z = self.projection_head(ops.concatenate(features, axis=0), training=training)
         z1, z2 = ops.split(z, 2, axis=0)
         logits, labels = losses.nt_xent_logits(z1, z2, self.temperature)

@@ -78,7 +78,7 @@ class SupCon(ContrastiveTrainer):
         self.projection_head.build((None, self.feature_dim))
         self.built = True
 
-    def contrastive_loss(self, features, labels, training):
+    def contrastive_loss(self, features, labels, training, views):
         if labels is None:
             raise ValueError(
                 "SupCon needs labels: fit it on (views, labels) or (images, labels). For "

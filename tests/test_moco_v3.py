@@ -1,0 +1,124 @@
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+import keras_contrastive as kc
+from conftest import cpu_strategy, random_views, tiny_encoder, train, weights_of
+
+
+def build(strategy, encoder=None, total_steps=10, **kwargs):
+    with strategy.scope():
+        model = kc.MoCoV3(
+            encoder or tiny_encoder(), temperature=0.2, hidden_dim=16, projection_dim=8,
+            total_steps=total_steps, synchronized_bn=True, **kwargs,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return model
+
+
+def branch_weights(model):
+    return [w.numpy().copy() for w in model.momentum_encoder.trainable_weights + model.momentum_projector.trainable_weights]
+
+
+def query_weights(model):
+    return [w.numpy().copy() for w in model.encoder.trainable_weights + model.projector.trainable_weights]
+
+
+def test_branches_start_equal_and_the_key_branch_gets_no_gradient():
+    model = build(cpu_strategy(1))
+    for k, q in zip(branch_weights(model), query_weights(model)):
+        np.testing.assert_array_equal(k, q)
+    keys_before, query_before = branch_weights(model), query_weights(model)
+    train(model, random_views(16), steps=1)
+    # Step 0: EMA of equal branches is a no-op, and the gradient step itself
+    # never touches the key branch.
+    for k, before in zip(branch_weights(model), keys_before):
+        np.testing.assert_array_equal(k, before)
+    assert any(np.abs(q - b).max() > 0 for q, b in zip(query_weights(model), query_before))
+    assert not set(id(v) for v in model.optimized_variables) & set(
+        id(v) for v in model.momentum_encoder.weights + model.momentum_projector.weights
+    )
+
+
+def test_momentum_update_is_the_hand_computed_ema():
+    model = build(cpu_strategy(1), total_steps=4)
+    train(model, random_views(16), steps=1)  # query branch moves away from the keys
+    keys, query = branch_weights(model), query_weights(model)
+    m = float(kc.ema.cosine_momentum(1, 4, 0.99))
+    train(model, random_views(16, seed=1), steps=1)  # step 1 starts with the EMA
+    # The second step's gradient does not touch the keys, so they hold the EMA.
+    for got, k, q in zip(branch_weights(model), keys, query):
+        np.testing.assert_allclose(got, m * k + (1 - m) * q, rtol=1e-5, atol=1e-7)
+
+
+def test_momentum_schedule_values_logged():
+    model = build(cpu_strategy(1), total_steps=2)
+    hist = train(model, random_views(32), steps=2)
+    # The logged momentum is the mean over the two steps: m(0)=0.99, m(1)=0.995.
+    np.testing.assert_allclose(hist["momentum"][0], (0.99 + 0.995) / 2, rtol=1e-6)
+
+
+def test_loss_is_symmetric_info_nce():
+    model = build(cpu_strategy(1))
+    views = random_views(8)
+    logs = model.evaluate(views, batch_size=8, verbose=0, return_dict=True)
+    q = [model.predictor(model.projector(model.encoder(views[:, i], training=False), training=False), training=False)
+         for i in range(2)]
+    k = [model.momentum_projector(model.momentum_encoder(views[:, i], training=False), training=False) for i in range(2)]
+    want = kc.losses.info_nce(q[0], k[1], 0.2) + kc.losses.info_nce(q[1], k[0], 0.2)
+    np.testing.assert_allclose(logs["loss"], float(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_replicas", [2])
+def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
+    views = random_views(48)
+    reference = build(cpu_strategy(1))
+    init = reference.get_weights()
+    ref_hist = train(reference, views)
+    model = build(cpu_strategy(num_replicas))
+    model.set_weights(init)
+    hist = train(model, views)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+
+
+def test_vit_patch_projection_stays_frozen_and_the_rest_trains():
+    encoder = kc.encoders.ViTTiny((16, 16, 1), patch_size=8, depth=1)
+    model = build(cpu_strategy(1), encoder=encoder)
+    assert model.projector_layers == 3  # ViT: 3-layer projector
+    patch = encoder.get_layer("patch_projection")
+    before = [w.numpy().copy() for w in patch.weights]
+    block = encoder.get_layer("block1_mlp1").kernel.numpy().copy()
+    train(model, random_views(16), steps=2)
+    for w, b in zip(patch.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    assert np.abs(encoder.get_layer("block1_mlp1").kernel.numpy() - block).max() > 0
+
+
+def test_save_load_round_trip_keeps_the_momentum_branch_and_step(tmp_path):
+    model = build(cpu_strategy(1), total_steps=6)
+    train(model, random_views(32), steps=2)
+    path = str(tmp_path / "moco.keras")
+    model.save(path)
+    clone = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(clone, kc.MoCoV3)
+    for a, b in zip(model.weights, clone.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), err_msg=a.path)
+    assert int(clone.optimizer.iterations) == 2
+    np.testing.assert_allclose(float(clone.momentum()), float(model.momentum()))
+    # Keys differ from queries after training, and the clone kept them apart.
+    assert any(np.abs(k - q).max() > 0 for k, q in zip(branch_weights(clone), query_weights(clone)))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="temperature"):
+        kc.MoCoV3(tiny_encoder(), temperature=0)
+    with pytest.raises(ValueError, match="base_momentum"):
+        kc.MoCoV3(tiny_encoder(), base_momentum=1.5)
+    with pytest.raises(ValueError, match="base_momentum"):
+        kc.MoCoV3(tiny_encoder(), base_momentum=-0.1)
+    not_vector = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError, match="vectors"):
+        kc.MoCoV3(not_vector)
