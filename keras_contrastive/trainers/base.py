@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_contrastive import distributed
 from keras_contrastive.encoders import feature_dim as _feature_dim
+from keras_contrastive.layers import batch_normalization
 from keras_contrastive.losses import at_least_float32
 from keras_contrastive.losses import cross_entropy_from_logits
 
@@ -96,7 +97,14 @@ class ContrastiveTrainer(keras.Model):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.seed = int(seed)
         self.probe = None
+        self.probe_norm = None
         if self.num_classes:
+            # BN without affine parameters before the probe (as MAE's linear
+            # probe): the features' scale drifts during pretraining, and the
+            # probe, trained by the same optimizer at the same learning rate,
+            # diverged without it (probe loss 11 at epoch 1 of the recipe).
+            self.probe_norm = batch_normalization(True, center=False, scale=False, name="online_probe_norm")
+            self.probe_norm.build((None, self.feature_dim))
             self.probe = keras.layers.Dense(self.num_classes, name="online_probe")
             self.probe.build((None, self.feature_dim))
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -205,7 +213,7 @@ class ContrastiveTrainer(keras.Model):
             # stop_gradient: the probe learns from the features but never
             # sends gradient into the encoder.
             probe_in = ops.stop_gradient(ops.concatenate(features, axis=0))
-            probe_logits = at_least_float32(self.probe(probe_in))
+            probe_logits = at_least_float32(self.probe(self.probe_norm(probe_in, training=training)))
             probe_labels = ops.tile(ops.cast(ops.reshape(y, (-1,)), "int32"), (self.num_views,))
             probe_loss = ops.mean(cross_entropy_from_logits(probe_logits, probe_labels))
         return loss, extra, probe_loss, probe_logits, probe_labels
