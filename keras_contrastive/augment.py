@@ -191,7 +191,7 @@ def adjust_hue(images, delta):
     return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)), 0.0, 1.0)
 
 
-def sample_color_jitter(seed, batch, strength=1.0, random_order=True):
+def sample_color_jitter(seed, batch, strength=1.0, random_order=True, factors=None):
     """Per-image colour jitter parameters (see `apply_color_jitter`).
 
     Returns:
@@ -199,9 +199,11 @@ def sample_color_jitter(seed, batch, strength=1.0, random_order=True):
         saturation, each uniform in `[max(0, 1 - 0.8 s), 1 + 0.8 s]`), `hue`
         float32 `[batch]` (uniform in `[-0.2 s, 0.2 s]`), `order` int32
         `[batch, 4]` (op indices 0-3 = brightness, contrast, saturation, hue,
-        in the order each image applies them).
+        in the order each image applies them). `factors`, a tuple of the four
+        maxima `(brightness, contrast, saturation, hue)`, replaces
+        `strength * (0.8, 0.8, 0.8, 0.2)` (MoCo v3 / BYOL: (0.4, 0.4, 0.2, 0.1)).
     """
-    b, c, s, h = (strength * k for k in _JITTER_SCALE)
+    b, c, s, h = factors if factors is not None else (strength * k for k in _JITTER_SCALE)
     seeds = tf.unstack(_split(seed, 5))
     factors = tf.stack(
         [
@@ -367,6 +369,9 @@ class SimCLRAugmenter(keras.layers.Layer):
         color_jitter_strength: float. The paper's s (1.0 for ImageNet, 0.5
             for CIFAR-10). Defaults to 1.0.
         color_jitter_probability: float. Defaults to 0.8.
+        color_jitter_factors: tuple or None. `(brightness, contrast,
+            saturation, hue)` maxima overriding `color_jitter_strength`.
+            Defaults to None.
         grayscale_probability: float. Defaults to 0.2.
         blur: bool or None. None turns the blur on for images larger than
             32 pixels: the paper blurs ImageNet views but not CIFAR's 32x32.
@@ -406,6 +411,7 @@ class SimCLRAugmenter(keras.layers.Layer):
         horizontal_flip=True,
         color_jitter_strength=1.0,
         color_jitter_probability=0.8,
+        color_jitter_factors=None,
         grayscale_probability=0.2,
         blur=None,
         blur_probability=0.5,
@@ -435,6 +441,14 @@ class SimCLRAugmenter(keras.layers.Layer):
         self.horizontal_flip = horizontal_flip
         self.color_jitter_strength = color_jitter_strength
         self.color_jitter_probability = color_jitter_probability
+        if color_jitter_factors is not None:
+            color_jitter_factors = tuple(float(f) for f in color_jitter_factors)
+            if len(color_jitter_factors) != 4 or min(color_jitter_factors) < 0 or color_jitter_factors[3] > 0.5:
+                raise ValueError(
+                    "`color_jitter_factors` must be 4 non-negative maxima (brightness, contrast, "
+                    f"saturation, hue <= 0.5); got {color_jitter_factors}."
+                )
+        self.color_jitter_factors = color_jitter_factors
         self.grayscale_probability = grayscale_probability
         self.blur = blur
         self.blur_probability = blur_probability
@@ -474,7 +488,9 @@ class SimCLRAugmenter(keras.layers.Layer):
             "sigma": _uniform(s[5], batch, 0.1, 2.0),  # SimCLR's blur sigma range
             "solarize": _bernoulli(s[7], batch, self.solarize_probability),
         }
-        params.update(sample_color_jitter(s[2], batch, self.color_jitter_strength))
+        params.update(
+            sample_color_jitter(s[2], batch, self.color_jitter_strength, factors=self.color_jitter_factors)
+        )
         return params
 
     def transform(self, images, params):
@@ -483,7 +499,7 @@ class SimCLRAugmenter(keras.layers.Layer):
         x = crop_and_resize(images, params["boxes"], self.image_size)
         if self.horizontal_flip:
             x = select(params["flip"], tf.reverse(x, axis=[2]), x)
-        if self.color_jitter_probability > 0 and self.color_jitter_strength > 0:
+        if self.color_jitter_probability > 0 and (self.color_jitter_strength > 0 or self.color_jitter_factors):
             x = select(params["jitter"], apply_color_jitter(x, params), x)
         if self.grayscale_probability > 0 and x.shape[-1] == 3:
             x = select(params["grayscale"], to_grayscale(x), x)
@@ -528,6 +544,7 @@ class SimCLRAugmenter(keras.layers.Layer):
             horizontal_flip=self.horizontal_flip,
             color_jitter_strength=self.color_jitter_strength,
             color_jitter_probability=self.color_jitter_probability,
+            color_jitter_factors=self.color_jitter_factors,
             grayscale_probability=self.grayscale_probability,
             blur=self.blur,
             blur_probability=self.blur_probability,
@@ -562,3 +579,32 @@ def simclr_preset(name, image_size, **overrides):
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
     return SimCLRAugmenter(image_size, **{**PRESETS[name], **overrides})
+
+
+def moco_v3_augmenters(image_size, seed=None, **overrides):
+    """MoCo v3 / BYOL's asymmetric pair of view augmenters.
+
+    Both: random resized crop (0.08-1), flip, colour jitter (0.4, 0.4, 0.2,
+    0.1) with p=0.8, grayscale p=0.2. View 1: Gaussian blur with p=1.0. View 2:
+    blur with p=0.1 and solarization with p=0.2 (BYOL table 6, MoCo v3's
+    `augmentation1` / `augmentation2`).
+
+    Args:
+        image_size: int or `(height, width)`.
+        seed: int or None. The second augmenter uses `seed + 1`.
+        **overrides: other `SimCLRAugmenter` arguments for both views (e.g.
+            `blur=False` for 32x32 images).
+
+    Returns:
+        `[augmenter_view1, augmenter_view2]`, to pass as a trainer's augmenter.
+    """
+    common = dict(color_jitter_factors=(0.4, 0.4, 0.2, 0.1), color_jitter_probability=0.8, grayscale_probability=0.2)
+    common.update(overrides)
+    first = dict(common, blur_probability=1.0, solarize_probability=0.0)
+    second = dict(common, blur_probability=0.1, solarize_probability=0.2)
+    first.setdefault("blur", True)
+    second.setdefault("blur", True)
+    return [
+        SimCLRAugmenter(image_size, seed=seed, **first),
+        SimCLRAugmenter(image_size, seed=None if seed is None else seed + 1, **second),
+    ]

@@ -229,3 +229,31 @@ def test_blur_matches_scipy_style_reference(rng):
             for j in range(5):
                 want += k[i] * k[j] * padded[i : i + 12, j : j + 10]
         np.testing.assert_allclose(got[b], want, atol=1e-5)
+
+
+def test_color_jitter_factors_override_strength():
+    params = augment.sample_color_jitter(SEED, 2000, strength=1.0, factors=(0.4, 0.4, 0.2, 0.1))
+    f = params["factors"].numpy()
+    assert f[:, 0].min() >= 0.6 and f[:, 0].max() <= 1.4
+    assert f[:, 2].min() >= 0.8 and f[:, 2].max() <= 1.2 and f[:, 2].min() < 0.82
+    assert np.abs(params["hue"].numpy()).max() <= 0.1
+    with pytest.raises(ValueError, match="color_jitter_factors"):
+        augment.SimCLRAugmenter(8, color_jitter_factors=(0.4, 0.4, 0.2))
+
+
+def test_moco_v3_pair_is_asymmetric():
+    first, second = augment.moco_v3_augmenters(32, seed=0)
+    assert (first.blur_probability, first.solarize_probability) == (1.0, 0.0)
+    assert (second.blur_probability, second.solarize_probability) == (0.1, 0.2)
+    assert first.color_jitter_factors == (0.4, 0.4, 0.2, 0.1) and first.blur_enabled
+    x = images(64, size=32)
+    # Solarization inverts bright pixels: only view 2 can have them, about 20% of images.
+    kw = dict(crop_area=(1, 1), crop_aspect_ratio=(1, 1), horizontal_flip=False, color_jitter_probability=0.0,
+              grayscale_probability=0.0, blur=False)
+    plain = augment.SimCLRAugmenter(32, **kw)(x, seed=SEED).numpy()
+    _, sol = augment.moco_v3_augmenters(32, seed=0, **kw)
+    out = sol(x, seed=SEED).numpy()
+    solarized = np.any(np.abs(out - plain) > 1e-6, axis=(1, 2, 3))
+    assert 3 <= solarized.sum() <= 25
+    clone = augment.SimCLRAugmenter.from_config(second.get_config())
+    assert clone.color_jitter_factors == (0.4, 0.4, 0.2, 0.1)
