@@ -24,7 +24,8 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--batch_size", type=int, default=batch_size, help="global batch size (all replicas)")
     p.add_argument("--steps_per_epoch", type=int, default=None, help="default: one pass over the training split")
     p.add_argument("--image_size", type=int, default=32, help="Fashion-MNIST's 28x28 is zero-padded to 32x32")
-    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"])
+    p.add_argument("--patch_size", type=int, default=4, help="ViT patch size (16 for 224x224 images)")
     p.add_argument("--model_dir", default=f"runs/{name}")
     p.add_argument("--export_dir", default=f"saved_models/{name}")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +42,7 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     )
     p.add_argument("--projection_dim", type=int, default=128)
     p.add_argument("--temperature", type=float, default=temperature)
-    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
+    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
     p.add_argument("--learning_rate", type=float, default=learning_rate, help="base rate, scaled by --lr_scaling")
     p.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt"])
     p.add_argument("--weight_decay", type=float, default=1e-6)
@@ -66,6 +67,9 @@ def load_split(args, split):
 
 
 def build_encoder(args, image_shape):
+    if args.encoder.startswith("vit"):
+        build = {"vit_tiny": kc.encoders.ViTTiny, "vit_small": kc.encoders.ViTSmall, "vit_base": kc.encoders.ViTBase}
+        return build[args.encoder](tuple(image_shape), patch_size=args.patch_size)
     build = {"resnet18": kc.encoders.ResNet18, "resnet50": kc.encoders.ResNet50}[args.encoder]
     return build(
         image_shape, stem=args.stem, width_multiplier=args.width_multiplier, zero_init_residual=args.zero_init_residual
@@ -80,6 +84,8 @@ def schedule_and_optimizer(args, steps_per_epoch, exclude_names=()):
     schedule = kc.optimizers.warmup_cosine(peak, total_steps, warmup)
     if args.optimizer == "lars":
         return kc.optimizers.LARS(schedule, momentum=0.9, weight_decay=args.weight_decay, exclude_names=list(exclude_names))
+    if args.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay)
 
 

@@ -35,6 +35,23 @@ def test_supcon_two_stage_recipe_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["resnet18", "vit_tiny"])
+def test_mocov3_recipe_end_to_end(tmp_path, encoder):
+    extra = ["--encoder", encoder, "--hidden_dim", "64"]
+    if encoder == "vit_tiny":
+        extra += ["--patch_size", "8", "--optimizer", "adamw", "--learning_rate", "1.5e-4", "--weight_decay", "0.1"]
+    stdout, results, model_dir, export_dir = run_recipe("mocov3", tmp_path, *extra)
+    assert "kNN accuracy" in stdout
+    assert 0.1 < results["knn_accuracy"] <= 1.0
+    assert (export_dir / "1" / "saved_model.pb").exists()
+    import keras
+    import keras_contrastive as kc
+
+    model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
+    assert isinstance(model, kc.MoCoV3) and model.total_steps == 6
+
+
+@pytest.mark.slow
 def test_supervised_baseline_recipe_end_to_end(tmp_path):
     stdout, results, _, export_dir = run_recipe("supervised", tmp_path)
     assert "Classifier test accuracy" in stdout

@@ -1,0 +1,89 @@
+"""MoCo v3 pretraining with `model.fit`, then kNN / linear-probe evaluation and export.
+
+Command (default: ResNet-18 width 0.25 on the real local Fashion-MNIST, LARS):
+
+    python recipes/mocov3.py
+
+With a ViT (frozen random patch projection, AdamW as in the paper):
+
+    python recipes/mocov3.py --encoder vit_tiny --patch_size 4 --optimizer adamw \
+        --learning_rate 1.5e-4 --weight_decay 0.1 --temperature 0.2
+
+The paper's ImageNet ViT-S / ViT-B settings (accelerators, tfds data):
+
+    python recipes/mocov3.py --dataset imagenet2012 --image_size 224 --encoder vit_small \
+        --patch_size 16 --batch_size 4096 --epochs 300 --optimizer adamw --learning_rate 1.5e-4 \
+        --lr_scaling linear --weight_decay 0.1 --warmup_epochs 40 --temperature 0.2 \
+        --base_momentum 0.99 --augment_blur
+    (ViT-B: --encoder vit_base; ResNet-50: --encoder resnet50 --stem imagenet --optimizer lars
+     --learning_rate 0.3 --weight_decay 1.5e-6 --temperature 1.0 --warmup_epochs 10)
+
+Outputs as recipes/simclr.py: TensorBoard logs (with the momentum), backups,
+checkpoints, kNN at the end, and the query backbone exported under --export_dir.
+"""
+
+import argparse
+
+import common
+import keras
+
+import keras_contrastive as kc
+
+
+def main(argv=None):
+    parser = common.add_common_flags(
+        argparse.ArgumentParser(description=__doc__.split("\n")[0]), "mocov3", learning_rate=1.0, temperature=1.0
+    )
+    parser.add_argument("--base_momentum", type=float, default=0.99)
+    parser.add_argument("--hidden_dim", type=int, default=1024, help="MLP width (4096 in the paper)")
+    parser.add_argument("--augment_blur", action="store_true", help="MoCo v3's blur (off for 32x32 images)")
+    parser.set_defaults(projection_dim=256)
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+
+    # 1. Data.
+    split = common.train_split(args)
+    train, train_arrays = common.load_split(args, split)
+    num_train = len(train_arrays[0])
+    num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
+
+    # 2. MoCo v3's asymmetric pair of views (blur/solarize differ), made on the host.
+    augmenters = kc.augment.moco_v3_augmenters(args.image_size, seed=args.seed, blur=args.augment_blur)
+
+    # 3. Encoder and trainer: momentum schedule over the whole run.
+    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+    model = kc.MoCoV3(
+        encoder,
+        augmenters,
+        temperature=args.temperature,
+        base_momentum=args.base_momentum,
+        total_steps=steps_per_epoch * args.epochs,
+        projection_dim=args.projection_dim,
+        hidden_dim=args.hidden_dim,
+        num_classes=num_classes,
+        seed=args.seed,
+    )
+
+    # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.
+    model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+
+    # 5. Input pipeline and training.
+    views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)
+    model.fit(
+        views,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=common.callbacks(args, common.first_views(views)),
+        verbose=args.verbose,
+        shuffle=False,
+    )
+
+    # 6. Evaluate the frozen query backbone, then export it.
+    _, test_arrays = common.load_split(args, "test")
+    results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
+    return common.export_and_save_results(args, model, "MoCo v3", "recipes/mocov3.py", results)
+
+
+if __name__ == "__main__":
+    main()
