@@ -5,8 +5,9 @@ Run: python benchmarks/throughput.py [--methods simclr supcon] [--widths 0.25 1.
 Measures, in one process, on the same network (ResNet-18, CIFAR stem), data
 (32x32x3, batch 256, 2 views, pre-augmented so only the step is timed) and
 optimizer (SGD momentum):
-  * keras_contrastive: `kc.SimCLR` / `kc.SupCon` + `model.fit` on a views dataset
-    (SupCon with 10 classes of labels);
+  * keras_contrastive: `kc.SimCLR` / `kc.SupCon` / `kc.MoCoV3` + `model.fit` on a
+    views dataset (SupCon with 10 classes of labels; MoCo v3 with ResNet-18 and with
+    ViT-Tiny, patch 4, whatever --widths says);
   * reference: the step written the keras-io way (GradientTape, a plain
     NT-Xent from the keras-io SimCLR example's formulation, `tf.function`).
 Prints the median images/s of each and their ratio. Figures go to
@@ -46,11 +47,16 @@ def views_dataset(steps, labels=False):
 
 def bench_kc(width, steps, precision, method="simclr"):
     keras.mixed_precision.set_global_policy(precision)
-    encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+    if method == "mocov3_vit_tiny":
+        encoder = kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
+    else:
+        encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
     if method == "simclr":
         model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
-    else:
+    elif method == "supcon":
         model = kc.SupCon(encoder, temperature=0.1)
+    else:  # MoCo v3 with the paper's MLP widths scaled down 4x (1024 hidden, 256 out)
+        model = kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     timer = StepTimer()
     model.fit(views_dataset(steps, labels=method == "supcon"), epochs=1, verbose=0, callbacks=[timer])
@@ -95,7 +101,7 @@ def main():
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
-    parser.add_argument("--methods", nargs="+", default=["simclr", "supcon"])
+    parser.add_argument("--methods", nargs="+", default=["simclr", "supcon", "mocov3", "mocov3_vit_tiny"])
     args = parser.parse_args()
     print(f"Training step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
     for precision in args.precision:
