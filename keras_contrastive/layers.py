@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_contrastive import distributed
+from keras_contrastive import distribute
 
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
@@ -33,10 +33,10 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
             return super()._moments(inputs, mask)
         axes = self._reduction_axes
         local_count = ops.cast(ops.prod([ops.shape(inputs)[a] for a in axes]), inputs.dtype)
-        count = distributed.all_reduce_sum(local_count)
-        mean = distributed.all_reduce_sum(ops.sum(inputs, axis=axes, keepdims=True)) / count
+        count = distribute.all_reduce_sum(local_count)
+        mean = distribute.all_reduce_sum(ops.sum(inputs, axis=axes, keepdims=True)) / count
         squared = ops.sum(ops.square(inputs - mean), axis=axes, keepdims=True)
-        variance = distributed.all_reduce_sum(squared) / count
+        variance = distribute.all_reduce_sum(squared) / count
         return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
 
 

@@ -1,7 +1,7 @@
 """Contrastive losses, written in `keras.ops` with float32 similarity logits.
 
 Under a `tf.distribute` strategy every loss here gathers the embeddings of all
-replicas (see `keras_contrastive.distributed`), so the negatives of an anchor
+replicas (see `keras_contrastive.distribute`), so the negatives of an anchor
 are drawn from the global batch and N replicas compute what one replica
 computes on the same global batch. Each replica returns the mean over its own
 anchors; the mean of those over replicas is the global mean, which is what
@@ -12,7 +12,7 @@ all-reduce sums them).
 import keras
 from keras import ops
 
-from keras_contrastive import distributed
+from keras_contrastive import distribute
 
 
 def _check_temperature(temperature):
@@ -62,17 +62,17 @@ def nt_xent_logits(z1, z2, temperature):
     z1 = l2_normalize(z1)
     z2 = l2_normalize(z2)
     n = ops.shape(z1)[0]
-    distributed.check_even_split(n)
+    distribute.check_even_split(n)
     # Negatives from every replica; after the gather this replica's rows start
     # at `offset` within each half of the candidate set.
-    z1_all = distributed.all_gather(z1)
-    z2_all = distributed.all_gather(z2)
+    z1_all = distribute.all_gather(z1)
+    z2_all = distribute.all_gather(z2)
     big_n = ops.shape(z1_all)[0]
     candidates = ops.concatenate([z1_all, z2_all], axis=0)  # [2N, dim]
     anchors = ops.concatenate([z1, z2], axis=0)  # [2n, dim]
     logits = ops.matmul(anchors, ops.transpose(candidates)) / temperature
 
-    offset = distributed.global_offset(n)
+    offset = distribute.global_offset(n)
     local = ops.arange(n, dtype="int32") + offset
     # Anchor i of view 1 is column local[i]; its positive is view 2's column
     # N + local[i]. For view-2 anchors the roles swap.
@@ -223,9 +223,9 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     num_views = features.shape[1]
     features = l2_normalize(features)
     n = ops.shape(features)[0]
-    distributed.check_even_split(n)
-    offset = distributed.global_offset(n)
-    gathered = distributed.all_gather(features)  # [N, V, dim]
+    distribute.check_even_split(n)
+    offset = distribute.global_offset(n)
+    gathered = distribute.all_gather(features)  # [N, V, dim]
     big_n = ops.shape(gathered)[0]
     if labels is None:
         # Every image its own class: the positives are its other views.
@@ -233,7 +233,7 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
         all_ids = ops.arange(big_n, dtype="int32")
     else:
         ids = labels
-        all_ids = distributed.all_gather(labels)
+        all_ids = distribute.all_gather(labels)
     # View-major layout: column v * N + j is view v of global image j.
     candidates = ops.reshape(ops.transpose(gathered, (1, 0, 2)), (num_views * big_n, -1))
     candidate_ids = ops.tile(all_ids, (num_views,))
@@ -258,8 +258,8 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     per_anchor = -(temperature / base_temperature) * summed / ops.maximum(num_positive, 1.0)
     valid = ops.cast(num_positive > 0, per_anchor.dtype)
     local_sum = ops.sum(per_anchor * valid)
-    global_count = distributed.all_reduce_sum(ops.sum(valid))
-    replicas = ops.cast(distributed.num_replicas(), per_anchor.dtype)
+    global_count = distribute.all_reduce_sum(ops.sum(valid))
+    replicas = ops.cast(distribute.num_replicas(), per_anchor.dtype)
     return replicas * local_sum / ops.maximum(global_count, 1.0)
 
 
@@ -290,8 +290,8 @@ def info_nce(query, key, temperature=0.2):
     q = l2_normalize(query)
     k = ops.stop_gradient(l2_normalize(key))
     n = ops.shape(q)[0]
-    distributed.check_even_split(n)
-    k_all = distributed.all_gather(k)
+    distribute.check_even_split(n)
+    k_all = distribute.all_gather(k)
     logits = ops.matmul(q, ops.transpose(k_all)) / temperature
-    labels = ops.arange(n, dtype="int32") + distributed.global_offset(n)
+    labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
     return ops.mean(cross_entropy_from_logits(logits, labels)) * (2.0 * temperature)

@@ -29,6 +29,8 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--model_dir", default=f"runs/{name}")
     p.add_argument("--export_dir", default=f"saved_models/{name}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="auto", choices=kc.distribute.STRATEGIES)
+    p.add_argument("--tpu", default=None, help="TPU address or 'local' (with --strategy tpu)")
     p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
     p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training images")
@@ -52,6 +54,19 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--no_export", action="store_true")
     p.add_argument("--verbose", type=int, default=1)
     return p
+
+
+def make_strategy(args):
+    """The tf.distribute strategy of --strategy; the global batch must split evenly over its replicas."""
+    strategy = kc.distribute.strategy(args.strategy, tpu=args.tpu)
+    replicas = strategy.num_replicas_in_sync
+    if args.batch_size % replicas:
+        raise SystemExit(
+            f"--batch_size {args.batch_size} does not split evenly over {replicas} replicas; "
+            f"use a multiple of {replicas}."
+        )
+    print(f"Strategy: {type(strategy).__name__}, {replicas} replica(s), global batch {args.batch_size}.")
+    return strategy
 
 
 def train_split(args):

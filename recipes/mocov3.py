@@ -51,22 +51,24 @@ def main(argv=None):
     augmenters = kc.augment.moco_v3_augmenters(args.image_size, seed=args.seed, blur=args.augment_blur)
 
     # 3. Encoder and trainer: momentum schedule over the whole run.
-    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
-    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
-    model = kc.MoCoV3(
-        encoder,
-        augmenters,
-        temperature=args.temperature,
-        base_momentum=args.base_momentum,
-        total_steps=steps_per_epoch * args.epochs,
-        projection_dim=args.projection_dim,
-        hidden_dim=args.hidden_dim,
-        num_classes=num_classes,
-        seed=args.seed,
-    )
+    strategy = common.make_strategy(args)
+    with strategy.scope():
+        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        model = kc.MoCoV3(
+            encoder,
+            augmenters,
+            temperature=args.temperature,
+            base_momentum=args.base_momentum,
+            total_steps=steps_per_epoch * args.epochs,
+            projection_dim=args.projection_dim,
+            hidden_dim=args.hidden_dim,
+            num_classes=num_classes,
+            seed=args.seed,
+        )
 
-    # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.
-    model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+        # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.
+        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Input pipeline and training.
     views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)

@@ -45,20 +45,22 @@ def main(argv=None):
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
 
     # 3. Encoder and trainer (SimCLR head, NT-Xent, online linear probe).
-    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
-    model = kc.SimCLR(
-        encoder,
-        augmenter,
-        temperature=args.temperature,
-        projection_dim=args.projection_dim,
-        head_version=args.head_version,
-        num_classes=num_classes,
-        seed=args.seed,
-    )
+    strategy = common.make_strategy(args)
+    with strategy.scope():
+        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        model = kc.SimCLR(
+            encoder,
+            augmenter,
+            temperature=args.temperature,
+            projection_dim=args.projection_dim,
+            head_version=args.head_version,
+            num_classes=num_classes,
+            seed=args.seed,
+        )
 
-    # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.
-    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
-    model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+        # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.
+        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Input pipeline: shuffled, repeated, augmented views with a static batch size.
     views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)

@@ -47,20 +47,23 @@ def main(argv=None):
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
 
     # 3. Stage 1: encoder + SupCon trainer.
-    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
-    model = kc.SupCon(
-        encoder,
-        augmenter,
-        temperature=args.temperature,
-        base_temperature=args.base_temperature,
-        contrast_mode=args.contrast_mode,
-        num_views=args.num_views,
-        projection_dim=args.projection_dim,
-        num_classes=num_classes,
-        seed=args.seed,
-    )
-    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
-    model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+    strategy = common.make_strategy(args)
+    with strategy.scope():
+        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        model = kc.SupCon(
+            encoder,
+            augmenter,
+            temperature=args.temperature,
+            base_temperature=args.base_temperature,
+            contrast_mode=args.contrast_mode,
+            num_views=args.num_views,
+            projection_dim=args.projection_dim,
+            num_classes=num_classes,
+            seed=args.seed,
+        )
+        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+
     views = model.views_dataset(
         train,
         args.batch_size,

@@ -65,12 +65,12 @@ def test_simclr_recipe_end_to_end(tmp_path):
     cmd = [
         sys.executable, os.path.join(ROOT, "recipes", "simclr.py"),
         "--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
-        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20",
+        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--strategy", "mirrored",
         "--model_dir", str(model_dir), "--export_dir", str(export_dir), "--verbose", "0",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "kNN accuracy" in proc.stdout
+    assert "kNN accuracy" in proc.stdout and "MirroredStrategy" in proc.stdout
     results = json.loads((model_dir / "results.json").read_text())
     assert 0.1 < results["knn_accuracy"] <= 1.0  # better than chance on 10 classes
     assert results["export_path"] == str(export_dir / "1")

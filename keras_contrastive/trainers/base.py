@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_contrastive import distributed
+from keras_contrastive import distribute
 from keras_contrastive.encoders import feature_dim as _feature_dim
 from keras_contrastive.layers import batch_normalization
 from keras_contrastive.losses import at_least_float32
@@ -186,7 +186,7 @@ class ContrastiveTrainer(keras.Model):
             # In-step augmentation: a distinct stateless seed per step, replica
             # and view, so no random state has to be kept in sync.
             step = self.optimizer.iterations if (training and self.optimizer is not None) else 0
-            stream = ops.cast(step, "int32") * distributed.num_replicas() + distributed.replica_id()
+            stream = ops.cast(step, "int32") * distribute.num_replicas() + distribute.replica_id()
             views = []
             for v in range(self.num_views):
                 seed = tf.stack([tf.constant(self.seed, tf.int32), stream * self.num_views + v])
@@ -235,7 +235,7 @@ class ContrastiveTrainer(keras.Model):
             # over its own examples and the optimizer all-reduces (sums)
             # gradients, so divide by the replica count; then the
             # mixed-precision loss scale.
-            total = total / ops.cast(distributed.num_replicas(), total.dtype)
+            total = total / ops.cast(distribute.num_replicas(), total.dtype)
             total = self.optimizer.scale_loss(total)
         variables = self.optimized_variables
         gradients = tape.gradient(total, variables)

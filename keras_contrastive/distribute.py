@@ -1,11 +1,62 @@
-"""Everything that touches `tf.distribute` inside a training step.
+"""Everything that touches `tf.distribute`: choosing a strategy, and the collectives of a step.
 
 Losses and trainers call these helpers and never `tf.distribute` directly, so
 the same code runs under the default strategy, MirroredStrategy,
 MultiWorkerMirroredStrategy and TPUStrategy.
 """
 
+import json
+import os
+
 import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+
+
+def strategy(name="auto", tpu=None):
+    """A `tf.distribute.Strategy` by name, built on TensorFlow's own resolvers.
+
+    Args:
+        name: str. "default" (one device), "mirrored" (all local GPUs, or the
+            CPU), "multi_worker" (MultiWorkerMirroredStrategy from the
+            `TF_CONFIG` environment variable), "tpu" (TPUStrategy through
+            `TPUClusterResolver`), or "auto": a TPU if `tpu` is given, the
+            multi-worker strategy if `TF_CONFIG` names several workers,
+            mirrored over the GPUs if there are several, else the default.
+        tpu: str or None. The TPU's address or name, or "local" on a TPU VM.
+            Defaults to None ("local" when `name == "tpu"`).
+
+    Returns:
+        A `tf.distribute.Strategy`. Build and compile models under its
+        `scope()`; `model.fit` then splits each global batch over its
+        `num_replicas_in_sync` replicas.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; choose one of {STRATEGIES}.")
+    if name == "auto":
+        if tpu:
+            name = "tpu"
+        elif len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])) > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "The multi_worker strategy reads the cluster from the TF_CONFIG environment "
+                "variable, which is not set."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def _replica_context():
