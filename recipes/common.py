@@ -111,9 +111,13 @@ def callbacks(args, sample_views=None):
     result = [
         kc.callbacks.LearningRateLogger(),
         keras.callbacks.TensorBoard(log_dir, update_freq=20),
-        keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup")),
+        # double_checkpoint keeps the previous backup too, so a kill during a
+        # backup write still leaves one to resume from.
+        keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras")),
-        keras.callbacks.TerminateOnNaN(),
+        # Raise on a NaN loss rather than stop gracefully, which would end the
+        # run normally and make BackupAndRestore delete the last good backup.
+        keras.callbacks.TerminateOnNaN(raise_error=True),
     ]
     if sample_views is not None:
         png = os.path.join(args.model_dir, "views.png")
