@@ -150,37 +150,15 @@ def random_resized_crop(seed, images, size, area=(0.08, 1.0), aspect_ratio=(3 / 
     return crop_and_resize(images, boxes, size)
 
 
-def random_flip(seed, images):
-    """Flips each image left-right with probability 1/2."""
-    flip = _bernoulli(seed, tf.shape(images)[0], 0.5)
-    return tf.where(_per_image(flip), tf.reverse(images, axis=[2]), images)
-
-
 def _rgb_to_gray(images):
     # ITU-R 601 luma, as tf.image.rgb_to_grayscale.
     weights = tf.constant([0.2989, 0.5870, 0.1140], images.dtype)
     return tf.reduce_sum(images * weights, axis=-1, keepdims=True)
 
 
-def adjust_brightness(images, factor):
-    """Brightness: multiply by a per-image factor `[batch]`."""
-    return tf.clip_by_value(images * _per_image(factor), 0.0, 1.0)
-
-
 def _blend(images, other, factor):
     """`other + factor * (images - other)`, clipped: factor 0 gives `other`."""
     return tf.clip_by_value(other + _per_image(factor) * (images - other), 0.0, 1.0)
-
-
-def adjust_contrast(images, factor):
-    """Contrast: blend with the image's mean gray level, per-image `factor`."""
-    gray = _rgb_to_gray(images) if images.shape[-1] == 3 else images
-    return _blend(images, tf.reduce_mean(gray, axis=[1, 2, 3], keepdims=True), factor)
-
-
-def adjust_saturation(images, factor):
-    """Saturation: blend with the image's grayscale version, per-image `factor`."""
-    return _blend(images, _rgb_to_gray(images), factor)
 
 
 def adjust_hue(images, delta):
