@@ -11,7 +11,9 @@ the kNN accuracy. `recipes/supervised.py` trains the same encoder with cross-ent
 on the same budget for comparison. `--class_balanced` samples classes uniformly so
 that rare classes have positives in every batch.
 
-Expected on 2 CPU cores: about 10 minutes; figures in benchmarks/RESULTS.md.
+Expected on 2 CPU cores (measured, benchmarks/RESULTS.md): about 8 minutes; linear
+classifier 0.857 and kNN 0.844 test accuracy after 2 epochs (cross-entropy on the same
+budget: classifier 0.825, linear probe on its encoder 0.866).
 """
 
 import argparse

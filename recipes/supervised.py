@@ -9,6 +9,9 @@ image (the same augmenter preset, batch, epochs, optimizer and schedule as
 `recipes/supcon.py`), then reports the test accuracy of the classifier itself and,
 for a like-for-like comparison, the kNN and linear-probe accuracy of its frozen
 encoder.
+
+Expected on 2 CPU cores (measured, benchmarks/RESULTS.md): about 4 minutes; classifier
+0.825, kNN 0.856, linear probe 0.866 on the test split after 2 epochs.
 """
 
 import argparse
