@@ -130,6 +130,18 @@ def first_views(views_dataset):
     return sample[0] if isinstance(sample, tuple) else sample
 
 
+def fit(args, model, views, steps_per_epoch):
+    """`model.fit` on a repeated views dataset with the recipes' callbacks (views in TensorBoard)."""
+    return model.fit(
+        views,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks(args, first_views(views)),
+        verbose=args.verbose,
+        shuffle=False,
+    )
+
+
 def evaluate_frozen(args, encoder, train_arrays, test_arrays):
     """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split."""
     (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays

@@ -72,14 +72,7 @@ def main(argv=None):
 
     # 5. Input pipeline and training.
     views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)
-    model.fit(
-        views,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=common.callbacks(args, common.first_views(views)),
-        verbose=args.verbose,
-        shuffle=False,
-    )
+    common.fit(args, model, views, steps_per_epoch)
 
     # 6. Evaluate the frozen query backbone, then export it.
     _, test_arrays = common.load_split(args, "test")

@@ -66,14 +66,7 @@ def main(argv=None):
     views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)
 
     # 6. Train, with logs, view pairs, backups and checkpoints.
-    model.fit(
-        views,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=common.callbacks(args, common.first_views(views)),
-        verbose=args.verbose,
-        shuffle=False,
-    )
+    common.fit(args, model, views, steps_per_epoch)
 
     # 7. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features.
     _, test_arrays = common.load_split(args, "test")

@@ -73,14 +73,7 @@ def main(argv=None):
         seed=args.seed,
         repeat=not args.class_balanced,
     )
-    model.fit(
-        views,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=common.callbacks(args, common.first_views(views)),
-        verbose=args.verbose,
-        shuffle=False,
-    )
+    common.fit(args, model, views, steps_per_epoch)
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).
     _, test_arrays = common.load_split(args, "test")

@@ -82,3 +82,31 @@ def float64():
 def weights_of(model):
     """Model variables in creation order (layer auto-names differ between builds)."""
     return [(v.path, v.numpy()) for v in model.weights]
+
+
+def shard(strategy, array):
+    """Splits `array` along axis 0 into equal per-replica slices of `strategy`."""
+    local = len(array) // strategy.num_replicas_in_sync
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * local : (ctx.replica_id_in_sync_group + 1) * local])
+    )
+
+
+def assert_replicas_match_one_replica(build, num_replicas, views, labels=None):
+    """Trains `build(strategy)` 3 steps on 1 and on `num_replicas` replicas from the
+    same weights and data; loss and every variable (both branches, BN statistics)
+    must agree to 1e-9 (run it under the `float64` fixture), and weights must move."""
+    reference = build(cpu_strategy(1))
+    init = reference.get_weights()
+    ref_hist = train(reference, views, labels)
+    model = build(cpu_strategy(num_replicas))
+    model.set_weights(init)
+    hist = train(model, views, labels)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    ref_w, got_w = weights_of(reference), weights_of(model)
+    assert len(ref_w) == len(got_w)
+    for (path, want), (_, got) in zip(ref_w, got_w):
+        assert got.dtype == np.float64 or "iteration" in path
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    # The weights did move: the comparison is not between two untouched models.
+    assert np.abs(ref_w[0][1] - init[0]).max() > 1e-3

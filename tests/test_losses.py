@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_contrastive import losses
-from conftest import cpu_strategy
+from conftest import cpu_strategy, shard
 
 
 def nt_xent_numpy(z1, z2, temperature):
@@ -94,12 +94,6 @@ def test_cross_replica_loss_and_gradient_equal_single_replica(num_replicas, rng)
     expected_grads = [g.numpy() for g in tape.gradient(expected, [a, b])]
 
     strategy = cpu_strategy(num_replicas)
-    local = n // num_replicas
-
-    def split(x):
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(x[ctx.replica_id_in_sync_group * local : (ctx.replica_id_in_sync_group + 1) * local])
-        )
 
     @tf.function
     def step(p, q):
@@ -112,7 +106,7 @@ def test_cross_replica_loss_and_gradient_equal_single_replica(num_replicas, rng)
 
         return strategy.run(replica_fn, args=(p, q))
 
-    loss, grads = step(split(z1), split(z2))
+    loss, grads = step(shard(strategy, z1), shard(strategy, z2))
     per_replica = [float(v) for v in strategy.experimental_local_results(loss)]
     np.testing.assert_allclose(np.mean(per_replica), float(expected), rtol=1e-5)
     for g, want in zip(grads, expected_grads):
@@ -166,12 +160,6 @@ def test_cross_replica_info_nce_equals_single_replica(num_replicas, rng):
     k = rng.normal(size=(n, 6)).astype("float32")
     expected = float(losses.info_nce(q, k, 0.2))
     strategy = cpu_strategy(num_replicas)
-    local = n // num_replicas
 
-    def shard(a):
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
-        )
-
-    loss = tf.function(lambda a, b: strategy.run(lambda x, y: losses.info_nce(x, y, 0.2), args=(a, b)))(shard(q), shard(k))
+    loss = tf.function(lambda a, b: strategy.run(lambda x, y: losses.info_nce(x, y, 0.2), args=(a, b)))(shard(strategy, q), shard(strategy, k))
     np.testing.assert_allclose(np.mean([float(v) for v in strategy.experimental_local_results(loss)]), expected, rtol=1e-5)

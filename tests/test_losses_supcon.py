@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_contrastive import losses
-from conftest import cpu_strategy
+from conftest import cpu_strategy, shard
 
 
 def supcon_numpy(features, labels, temperature, base_temperature, contrast_mode):
@@ -98,12 +98,6 @@ def test_cross_replica_supcon_equals_single_replica(num_replicas, contrast_mode,
     expected_grad = tape.gradient(expected, x).numpy()
 
     strategy = cpu_strategy(num_replicas)
-    local = n // num_replicas
-
-    def shard(a):
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
-        )
 
     @tf.function
     def step(f, y):
@@ -116,7 +110,7 @@ def test_cross_replica_supcon_equals_single_replica(num_replicas, contrast_mode,
 
         return strategy.run(fn, args=(f, y))
 
-    loss, grad = step(shard(features), shard(labels.astype("int32")))
+    loss, grad = step(shard(strategy, features), shard(strategy, labels.astype("int32")))
     per_replica = [float(v) for v in strategy.experimental_local_results(loss)]
     np.testing.assert_allclose(np.mean(per_replica), float(expected), rtol=1e-5)
     got = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grad)])

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras_contrastive as kc
-from conftest import cpu_strategy, random_views, tiny_encoder, train, weights_of
+from conftest import assert_replicas_match_one_replica, cpu_strategy, random_views, tiny_encoder, train
 
 
 def build(strategy, encoder=None, total_steps=10, **kwargs):
@@ -70,18 +70,9 @@ def test_loss_is_symmetric_info_nce():
     np.testing.assert_allclose(logs["loss"], float(want), rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_replicas", [2])
+@pytest.mark.parametrize("num_replicas", [2, 4])
 def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
-    views = random_views(48)
-    reference = build(cpu_strategy(1))
-    init = reference.get_weights()
-    ref_hist = train(reference, views)
-    model = build(cpu_strategy(num_replicas))
-    model.set_weights(init)
-    hist = train(model, views)
-    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
-    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    assert_replicas_match_one_replica(build, num_replicas, random_views(48))
 
 
 def test_vit_patch_projection_stays_frozen_and_the_rest_trains():
