@@ -54,6 +54,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 SERVING_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "embed_normalized"
+BYTES_SIGNATURE = "serving_bytes"
+BYTES_INPUT_NAME = "image_bytes"
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "keras_contrastive.json"
 # The encoder as a Keras file beside the SavedModel, for fine-tuning with the
@@ -234,6 +236,19 @@ def _build_archive(encoder, image_shape):
     def embed_normalized(images):
         return {OUTPUT_NAME: tf.math.l2_normalize(embed(images), axis=-1)}
 
+    height, width, channels = image_shape
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        image = tf.image.resize(image, (height, width), antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+    # Encoded JPEG/PNG/BMP/GIF strings, the form REST clients send base64 in
+    # {"b64": ...}: decoded and resized to the encoder's input in the graph.
+    def serving_bytes(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec(image_shape, tf.uint8))
+        return {OUTPUT_NAME: embed(images)}
+
     archive = keras.export.ExportArchive()
     archive.track(encoder)
     serve_fn = archive.add_endpoint(
@@ -241,6 +256,11 @@ def _build_archive(encoder, image_shape):
     )
     archive.add_endpoint(
         NORMALIZED_SIGNATURE, embed_normalized, input_signature=[spec]
+    )
+    archive.add_endpoint(
+        BYTES_SIGNATURE,
+        serving_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)],
     )
     out = serve_fn.get_concrete_function().structured_outputs[OUTPUT_NAME]
     dim = out.shape[-1]
@@ -281,7 +301,11 @@ def _verify_signatures(version_path):
     # ExportArchive / tf.saved_model name tensors cannot silently break the
     # client contract ("images" in, "embeddings" out).
     signature_defs = _read_signature_defs(version_path)
-    for name in (SERVING_SIGNATURE, NORMALIZED_SIGNATURE):
+    for name, input_name, input_dtype in (
+        (SERVING_SIGNATURE, INPUT_NAME, tf.uint8),
+        (NORMALIZED_SIGNATURE, INPUT_NAME, tf.uint8),
+        (BYTES_SIGNATURE, BYTES_INPUT_NAME, tf.string),
+    ):
         sig = signature_defs.get(name)
         got = None
         if sig is not None:
@@ -290,7 +314,7 @@ def _verify_signatures(version_path):
                 {k: v.dtype for k, v in sig.outputs.items()},
             )
         expected = (
-            {INPUT_NAME: tf.uint8.as_datatype_enum},
+            {input_name: input_dtype.as_datatype_enum},
             {OUTPUT_NAME: tf.float32.as_datatype_enum},
         )
         if got != expected:
@@ -323,7 +347,7 @@ def _write_version(encoder, path, image_shape, user_metadata):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
-        "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE],
+        "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE, BYTES_SIGNATURE],
         "keras_file": f"{METADATA_DIR}/{KERAS_FILE}",
     }
     metadata.update(user_metadata)

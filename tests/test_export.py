@@ -241,8 +241,8 @@ def test_serving_without_keras_matches_encoder(encoder, exported, tmp_path):
 
 def test_signature_names_in_loaded_model(exported):
     signatures = tf.saved_model.load(exported).signatures
-    assert sorted(signatures) == ["embed_normalized", "serving_default"]
-    for name in signatures:
+    assert sorted(signatures) == ["embed_normalized", "serving_bytes", "serving_default"]
+    for name in ["embed_normalized", "serving_default"]:
         args, kwargs = signatures[name].structured_input_signature
         assert args == ()
         assert list(kwargs) == ["images"]
@@ -444,3 +444,23 @@ def test_overwrite_restores_old_version_if_swap_fails(encoder, tmp_path, monkeyp
         export.export_encoder(encoder, tmp_path, version=1, overwrite=True)
     assert _entries(tmp_path) == ["1"]
     assert export.load_metadata(path1)["run"] == "a"
+
+
+def test_bytes_signature_decodes_png_and_jpeg_like_the_uint8_path(encoder, exported):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, H, W, C)).astype("uint8")
+    loaded = tf.saved_model.load(exported)
+    sig = loaded.signatures["serving_bytes"]
+    args, kwargs = sig.structured_input_signature
+    assert list(kwargs) == ["image_bytes"] and kwargs["image_bytes"].dtype == tf.string
+    want = loaded.signatures["serving_default"](images=tf.constant(images))["embeddings"].numpy()
+    pngs = tf.constant([tf.io.encode_png(im).numpy() for im in images])
+    np.testing.assert_allclose(sig(image_bytes=pngs)["embeddings"].numpy(), want, atol=1e-5)
+    # A larger JPEG is decoded and resized in the graph: close to resizing it here.
+    big = np.repeat(np.repeat(images[:1], 2, axis=1), 2, axis=2)
+    jpeg = tf.io.encode_jpeg(big[0], quality=100)
+    got = sig(image_bytes=tf.stack([jpeg]))["embeddings"].numpy()
+    decoded = tf.image.decode_jpeg(jpeg, channels=C)
+    resized = tf.cast(tf.round(tf.image.resize(decoded, (H, W), antialias=True)), tf.uint8)
+    ref = loaded.signatures["serving_default"](images=resized[None])["embeddings"].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
