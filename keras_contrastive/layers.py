@@ -3,6 +3,10 @@
 import keras
 from keras import ops
 
+# Keras exports no name for the class of Functional models; clone_model
+# dispatches on this same class.
+from keras.src.models.functional import Functional as _Functional
+
 from keras_contrastive import distribute
 
 
@@ -45,3 +49,150 @@ def batch_normalization(synchronized=False, **kwargs):
     if synchronized:
         return SyncBatchNormalization(**kwargs)
     return keras.layers.BatchNormalization(**kwargs)
+
+
+def synchronize_batch_norm(model):
+    """A copy of `model` whose BatchNormalization layers are `SyncBatchNormalization`.
+
+    Every `keras.layers.BatchNormalization` in `model`, also inside nested
+    Functional and Sequential sub-models, becomes a `SyncBatchNormalization`
+    with the same config (axis, momentum, epsilon, center, scale, renorm,
+    initializers, regularizers, constraints, name, trainable, dtype policy)
+    and the same gamma, beta, moving mean and moving variance; every other
+    layer is rebuilt from its config with its weights. In inference mode the
+    copy computes exactly what `model` computes (bit-identical here); in
+    training mode under a `tf.distribute` strategy its batch statistics cover
+    the global batch, so N replicas compute the statistics one replica
+    computes on the whole batch. Layers that already are
+    `SyncBatchNormalization` are copied as they are. `model` is not modified.
+
+    Keras' own `BatchNormalization(synchronized=True)` is converted too. It
+    takes the variance in one pass (`E[x^2] - E[x]^2`), and does so even on
+    one replica (any replica context, the default one included), which
+    cancels catastrophically when a channel's mean is large next to its
+    spread: float32 channels at 1000 +- 0.5 get variances of 0.5 for an exact
+    0.35 (see `SyncBatchNormalization`). So in training mode the converted
+    layer's statistics can differ from the original's, towards the exact ones.
+
+    Call it under the strategy's `scope()`: the copy creates new variables,
+    which must be mirrored to train on several replicas.
+
+    Args:
+        model: `keras.Model`. A Functional or Sequential model, possibly nesting
+            Functional or Sequential models (e.g. `keras.applications.ResNet50`
+            or an encoder inside a classifier).
+
+    Input shape:
+        Those of `model`'s inputs.
+
+    Output shape:
+        Those of `model`'s outputs.
+
+    Returns:
+        A new Functional or Sequential `keras.Model` with `model`'s name, layer
+        names (auto-named Input layers aside), weights and `trainable` flags (a
+        Functional subclass whose constructor does not take `inputs, outputs`
+        comes back as a plain Functional model, as from
+        `keras.models.clone_model`). If `model` was compiled, the copy is
+        compiled from the same compile config, with a new optimizer.
+
+    Raises:
+        ValueError: if `model` is a subclassed model, or a layer or sub-model
+            inside it that holds a BatchNormalization is a subclassed one:
+            Keras cannot rebuild those layer by layer. Also if a layer is a
+            subclass of BatchNormalization other than `SyncBatchNormalization`,
+            whose behaviour a conversion would silently drop.
+
+    Example:
+
+    ```python
+    import keras
+    import tensorflow as tf
+    import keras_contrastive as kc
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    with tf.distribute.MirroredStrategy().scope():
+        synced = kc.layers.synchronize_batch_norm(backbone)
+    ```
+    """
+    if not isinstance(model, (keras.Sequential, _Functional)):
+        raise ValueError(
+            f"synchronize_batch_norm() rebuilds Functional and Sequential models layer by "
+            f"layer; it cannot see inside {model.__class__.__name__!r} (a subclassed "
+            f"{'model' if isinstance(model, keras.Model) else 'object'}: its `call` is "
+            "Python code). Build the encoder with "
+            "`keras_contrastive.layers.batch_normalization(True)` in place of "
+            "`keras.layers.BatchNormalization()` instead, or pass a Functional or "
+            "Sequential model."
+        )
+
+    pairs = []  # (original layer, its copy) for every layer clone_model rebuilds
+
+    def clone_layer(layer):
+        # clone_model(recursive=True) calls this for every layer except Input
+        # layers and nested Functional/Sequential models, which it descends into.
+        if isinstance(layer, SyncBatchNormalization):
+            copy = layer.__class__.from_config(layer.get_config())
+        elif type(layer) is keras.layers.BatchNormalization:
+            copy = SyncBatchNormalization.from_config(layer.get_config())
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            raise ValueError(
+                f"Layer {layer.name!r} is a {layer.__class__.__name__}, a subclass of "
+                "BatchNormalization: converting it to SyncBatchNormalization would drop "
+                "whatever the subclass changes. Replace it in the model's code with "
+                "`keras_contrastive.layers.batch_normalization(True)`, or make it "
+                "subclass `keras_contrastive.layers.SyncBatchNormalization`."
+            )
+        else:
+            # `_flatten_layers` is Keras' own walk over nested layers (no public one).
+            hidden = [
+                inner.name
+                for inner in layer._flatten_layers(include_self=False)
+                if isinstance(inner, keras.layers.BatchNormalization)
+                and not isinstance(inner, SyncBatchNormalization)
+            ]
+            if hidden:
+                raise ValueError(
+                    f"Layer {layer.name!r} ({layer.__class__.__name__}, a subclassed layer "
+                    f"or model) holds BatchNormalization layers {hidden} that "
+                    "synchronize_batch_norm() cannot replace: Keras rebuilds it from its "
+                    "config, with the same unsynchronized layers inside. Build it with "
+                    "`keras_contrastive.layers.batch_normalization(True)` in place of "
+                    "`keras.layers.BatchNormalization()` instead."
+                )
+            copy = layer.__class__.from_config(layer.get_config())  # clone_model's default
+        pairs.append((layer, copy))
+        return copy
+
+    # clone_model swaps the layers but re-initializes every weight, and Keras has
+    # no helper that carries weights over, so they are copied layer by layer:
+    # by position in `model.weights` would silently misalign if the two models
+    # listed their layers in different orders.
+    copy = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    for layer, new_layer in pairs:
+        new_layer.set_weights(layer.get_weights())
+    _copy_trainable(model, copy)
+    if len(copy.weights) != len(model.weights):
+        raise ValueError(
+            f"The copy of {model.name!r} has {len(copy.weights)} weights, the model "
+            f"{len(model.weights)}: some layer's config does not rebuild its weights. "
+            "Please report this with `model.summary(expand_nested=True)`."
+        )
+    return copy
+
+
+def _copy_trainable(model, copy):
+    """Gives `copy` and its nested models the `trainable` flags of `model`'s.
+
+    clone_model builds Sequential models with their flag but Functional ones
+    without it, so a frozen Functional backbone comes back saying
+    `trainable=True` (and saves that in its config) although every layer in it
+    is frozen. The flag is set on the model alone, as `_trainable`: the public
+    setter would also overwrite the flag of every layer inside, which the
+    layers already have from their configs.
+    """
+    copy._trainable = model.trainable
+    for layer in model.layers:
+        if isinstance(layer, (keras.Sequential, _Functional)):
+            _copy_trainable(layer, copy.get_layer(layer.name))

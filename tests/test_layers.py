@@ -1,0 +1,259 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_contrastive import layers
+from conftest import cpu_strategy, shard
+
+
+def all_layers(model):
+    """Every layer of `model`, descending into nested models."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+def batch_norms(model):
+    return [l for l in all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def randomize_batch_norms(model, seed=0):
+    """Non-trivial gamma, beta and moving statistics, so that a layer whose
+    weights were not copied (or were copied into the wrong layer) shows."""
+    rng = np.random.default_rng(seed)
+    for bn in batch_norms(model):
+        bn.set_weights(
+            [
+                rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path or "gamma" in w.path
+                else rng.normal(0.0, 0.2, w.shape)
+                for w in bn.weights
+            ]
+        )
+
+
+def small_cnn(seed=0):
+    """Two BN layers (one Keras-synchronized) around a nested Sequential block with a third."""
+    keras.utils.set_random_seed(seed)
+    block = keras.Sequential(
+        [
+            keras.Input((6, 6, 8)),
+            keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-4, center=False, name="block_bn"),
+            keras.layers.ReLU(),
+        ],
+        name="block",
+    )
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization(
+        momentum=0.8, epsilon=1e-2, gamma_regularizer="l2", beta_constraint="non_neg", name="bn1"
+    )(x)
+    x = keras.layers.ReLU()(x)
+    x = block(x)
+    x = keras.layers.BatchNormalization(axis=1, momentum=0.0, scale=False, synchronized=True, name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(4)(x)
+    model = keras.Model(inputs, outputs, name="small_cnn")
+    randomize_batch_norms(model, seed)
+    return model
+
+
+def test_small_cnn_every_bn_synchronized_with_same_config_and_outputs():
+    model = small_cnn()
+    converted = layers.synchronize_batch_norm(model)
+
+    old, new = batch_norms(model), batch_norms(converted)
+    assert [l.name for l in new] == ["bn1", "block_bn", "bn2"]
+    assert all(type(l) is layers.SyncBatchNormalization for l in new)
+    # The original is untouched.
+    assert [type(l) for l in old] == [keras.layers.BatchNormalization] * 3
+    for before, after in zip(old, new):
+        want, got = before.get_config(), after.get_config()
+        assert got.pop("synchronized") is True
+        want.pop("synchronized")
+        assert got == want, before.name  # axis, momentum, epsilon, center/scale, initializers, ...
+        for w, v in zip(before.weights, after.weights):
+            np.testing.assert_array_equal(v.numpy(), w.numpy(), err_msg=w.path)
+    assert new[0].gamma_regularizer is not None and new[0].beta_constraint is not None
+    assert (new[1].momentum, new[1].epsilon, new[1].center) == (0.5, 1e-4, False)
+    assert (new[2].axis, new[2].scale) == (1, False)
+
+    assert len(converted.weights) == len(model.weights)
+    x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype("float32")
+    want = model(x, training=False).numpy()
+    np.testing.assert_allclose(converted(x, training=False).numpy(), want, rtol=0, atol=1e-6)
+    assert np.abs(want).max() > 0.1  # not a comparison of two zero outputs
+
+
+def test_dtype_policy_and_existing_sync_layers_are_kept():
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(dtype="mixed_bfloat16", name="bf16_bn"),
+            layers.SyncBatchNormalization(momentum=0.7, name="already_sync"),
+        ]
+    )
+    randomize_batch_norms(model)
+    converted = layers.synchronize_batch_norm(model)
+    assert isinstance(converted, keras.Sequential)
+    assert [type(l) for l in converted.layers[1:]] == [layers.SyncBatchNormalization] * 2
+    assert converted.get_layer("bf16_bn").dtype_policy.name == "mixed_bfloat16"
+    assert converted.get_layer("already_sync").momentum == 0.7
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    np.testing.assert_allclose(converted(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
+
+
+def moving_statistics(model, strategy=None):
+    """{(layer, variable): [value on each replica]} for every BN of `model`."""
+    stats = {}
+    for bn in batch_norms(model):
+        for v in (bn.moving_mean, bn.moving_variance):
+            values = [v.numpy()] if strategy is None else strategy.experimental_local_results(v.value)
+            stats[bn.name, v.name] = [np.asarray(value) for value in values]
+    return stats
+
+
+def test_two_replicas_compute_the_statistics_one_replica_computes_on_the_whole_batch():
+    rng = np.random.default_rng(0)
+    # The replicas' halves differ in mean and spread: local and global statistics differ.
+    x = np.concatenate([rng.normal(0.0, 1.0, (4, 8, 8, 3)), rng.normal(2.0, 3.0, (4, 8, 8, 3))]).astype("float32")
+    model = small_cnn()
+    strategy = cpu_strategy(2)
+    with strategy.scope():
+        converted = layers.synchronize_batch_norm(model)
+        unconverted = keras.models.clone_model(model)
+        unconverted.set_weights(model.get_weights())
+
+    want_outputs = model(x, training=True).numpy()  # one replica, whole batch; updates its statistics
+    want = moving_statistics(model)
+
+    def step(net):
+        @tf.function
+        def forward(inputs):
+            return strategy.run(lambda v: net(v, training=True), args=(inputs,))
+
+        per_replica = forward(shard(strategy, x))
+        return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+
+    got_outputs = step(converted)
+    got = moving_statistics(converted, strategy)
+    np.testing.assert_allclose(got_outputs, want_outputs, rtol=1e-5, atol=1e-5)
+    assert len(got) == 6
+    for key, replicas in got.items():
+        assert len(replicas) == 2
+        for value in replicas:
+            np.testing.assert_allclose(value, want[key][0], rtol=1e-5, atol=1e-5, err_msg=str(key))
+
+    # Negative control: the same model with plain BN on the same two halves.
+    step(unconverted)
+    control = moving_statistics(unconverted, strategy)
+    worst = max(
+        np.abs(value - want[key][0]).max() for key, replicas in control.items() for value in replicas
+    )
+    assert worst > 0.1, worst
+
+
+def test_keras_synchronized_bn_is_converted_because_one_pass_variance_cancels():
+    # Channels whose mean (1000) is large next to their spread (0.5): E[x^2] - E[x]^2
+    # loses the variance to float32 rounding of x^2 ~ 1e6 (ulp 0.06).
+    rng = np.random.default_rng(0)
+    x = (1000.0 + np.concatenate([rng.normal(0, 0.5, (4, 4)), rng.normal(0.5, 0.5, (4, 4))])).astype("float32")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.0, synchronized=True)(inputs))
+    strategy = cpu_strategy(2)
+    with strategy.scope():
+        converted = layers.synchronize_batch_norm(model)
+        keras_synchronized = keras.models.clone_model(model)
+    want = x.astype("float64").var(axis=0)
+    model(x, training=True)  # Keras' synchronized BN takes one pass even on one replica
+    assert np.abs(model.layers[-1].moving_variance.numpy() / want - 1).max() > 1e-2
+
+    def variance_on_two_replicas(net):
+        strategy.run(tf.function(lambda v: net(v, training=True)), args=(shard(strategy, x),))
+        bn = net.layers[-1]
+        return [np.asarray(v) for v in strategy.experimental_local_results(bn.moving_variance.value)]
+
+    for got in variance_on_two_replicas(converted):
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    worst = max(np.abs(got / want - 1).max() for got in variance_on_two_replicas(keras_synchronized))
+    assert worst > 1e-2, worst
+
+
+@pytest.mark.parametrize(
+    "application,kwargs", [("MobileNetV2", {"alpha": 0.35}), ("ResNet50", {})]
+)
+def test_keras_application_nested_in_a_classifier(application, kwargs):
+    backbone = getattr(keras.applications, application)(
+        input_shape=(32, 32, 3), include_top=False, weights=None, **kwargs
+    )
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    randomize_batch_norms(model)
+
+    converted = layers.synchronize_batch_norm(model)
+    bns = batch_norms(converted)
+    assert len(bns) == len(batch_norms(model)) > 40
+    assert all(type(l) is layers.SyncBatchNormalization for l in bns)
+    assert len(converted.weights) == len(model.weights)
+    assert converted.count_params() == model.count_params()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    want = model(x, training=False).numpy()
+    np.testing.assert_allclose(converted(x, training=False).numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, inputs, training=None):
+        return self.bn(self.dense(inputs), training=training)
+
+
+class PlainBNSubclass(keras.layers.BatchNormalization):
+    pass
+
+
+def test_models_it_cannot_rebuild_raise_a_clear_error():
+    model = Subclassed()
+    model(np.zeros((2, 3), "float32"))
+    with pytest.raises(ValueError, match=r"subclassed model.*batch_normalization\(True\)"):
+        layers.synchronize_batch_norm(model)
+
+    # The same model nested in a Functional one: its BN would stay unsynchronized.
+    inputs = keras.Input((3,))
+    nested = keras.Model(inputs, Subclassed(name="inner")(inputs))
+    with pytest.raises(ValueError, match=r"'inner'.*batch_normalization\(True\)"):
+        layers.synchronize_batch_norm(nested)
+
+    inputs = keras.Input((3,))
+    foreign = keras.Model(inputs, PlainBNSubclass(name="custom_bn")(inputs))
+    with pytest.raises(ValueError, match="'custom_bn' is a PlainBNSubclass"):
+        layers.synchronize_batch_norm(foreign)
+
+
+def test_converted_model_saves_and_loads_with_a_frozen_backbone(tmp_path):
+    backbone = small_cnn()
+    backbone.trainable = False
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(backbone(inputs)))
+    converted = layers.synchronize_batch_norm(model)
+    # clone_model alone drops a Functional model's own `trainable` flag.
+    assert converted.get_layer("small_cnn").trainable is False
+    assert len(converted.trainable_weights) == len(model.trainable_weights) == 2
+
+    path = str(tmp_path / "converted.keras")
+    converted.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert [type(l) for l in batch_norms(loaded)] == [layers.SyncBatchNormalization] * 3
+    assert all(l.synchronized for l in batch_norms(loaded))
+    assert loaded.get_layer("small_cnn").trainable is False
+    assert not any(w.trainable for w in loaded.get_layer("small_cnn").weights)
+    assert len(loaded.trainable_weights) == 2
+    x = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
