@@ -13,7 +13,7 @@ import tensorflow as tf
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
 
-def strategy(name="auto", tpu=None):
+def strategy(name="auto", tpu=None, collective_timeout=None):
     """A `tf.distribute.Strategy` by name, built on TensorFlow's own resolvers.
 
     Args:
@@ -25,6 +25,13 @@ def strategy(name="auto", tpu=None):
             mirrored over the GPUs if there are several, else the default.
         tpu: str or None. The TPU's address or name, or "local" on a TPU VM.
             Defaults to None ("local" when `name == "tpu"`).
+        collective_timeout: float or None. Multi-worker only: seconds after
+            which a collective (all-reduce, all-gather) that is still waiting
+            for another worker fails, so that a run whose worker died ends
+            with an error instead of hanging. It bounds every collective,
+            including the first one (which waits for all workers to start and
+            compile), so keep it well above the slowest step. None (the
+            default) waits forever, as TensorFlow does.
 
     Returns:
         A `tf.distribute.Strategy`. Build and compile models under its
@@ -52,11 +59,45 @@ def strategy(name="auto", tpu=None):
                 "The multi_worker strategy reads the cluster from the TF_CONFIG environment "
                 "variable, which is not set."
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # A collective that waits longer than this fails, so that when a
+        # worker dies the others exit with an error instead of hanging.
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except RuntimeError as error:
+            if "program startup" not in str(error):
+                raise
+            raise RuntimeError(
+                "MultiWorkerMirroredStrategy must be created before TensorFlow runs any op "
+                "(loading data, seeding, building a model): call "
+                "keras_contrastive.distribute.strategy('multi_worker') first in the program."
+            ) from error
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def sync_batch_norm_default(synchronized_bn=None):
+    """Resolves a `synchronized_bn` argument: None means "when there are several replicas".
+
+    Called when a model is built: under a strategy's `scope()` with more than
+    one replica (MirroredStrategy over several devices, every multi-worker
+    and TPU strategy) BatchNorm must be synchronized, or N replicas would
+    normalize by N different local statistics and compute something else
+    than one replica does on the same global batch; with one replica
+    synchronized and plain BN are the same, and plain BN is the simpler
+    layer to export and reload.
+
+    Args:
+        synchronized_bn: bool or None.
+
+    Returns:
+        bool.
+    """
+    if synchronized_bn is None:
+        return tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return bool(synchronized_bn)
 
 
 def _replica_context():
@@ -152,3 +193,40 @@ def check_even_split(local_batch):
         ),
         summarize=ctx.num_replicas_in_sync,
     )
+
+
+def is_chief(strategy=None):
+    """Whether this process writes checkpoints, logs and exports.
+
+    True everywhere except on the non-chief workers of a multi-worker run
+    (TensorFlow's own `strategy.extended.should_checkpoint`: the task "chief",
+    or worker 0 when the cluster has no chief).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(strategy.extended.should_checkpoint)
+
+
+def _multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+def keras_reducible(logs):
+    """Makes a train/test step's logs reducible by Keras' TF trainer under every strategy.
+
+    Keras' TF trainer (read and tested on Keras 3.15.1) reduces the logs of each
+    step with `strategy.reduce("MEAN", value, axis=0)` when the strategy is a
+    multi-worker MultiWorkerMirroredStrategy, which fails on the scalar
+    metrics every step returns (keras-team/keras#20585). Under that strategy
+    only, scalars become shape `[1]`; the reduction then averages them over
+    the replicas of all workers, which is what Keras computes for
+    MirroredStrategy. Everywhere else `logs` is returned untouched.
+
+    Args:
+        logs: dict of metric name to tensor, as returned by `train_step`.
+
+    Returns:
+        The same dict.
+    """
+    if not _multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}

@@ -13,6 +13,7 @@ load in safe mode) with the two stems used in the contrastive literature:
 import keras
 from keras import layers
 
+from keras_contrastive import distribute
 from keras_contrastive.layers import batch_normalization
 
 # SimCLR's ResNet uses a BN decay of 0.9 and epsilon 1e-5 (reference resnet.py).
@@ -96,6 +97,7 @@ def _bottleneck_block(x, filters, strides, synchronized, name, zero_init):
 
 def _resnet(block, blocks_per_stage, input_shape, stem, width_multiplier, synchronized_bn, zero_init_residual, name):
     _check_args(tuple(input_shape), stem, width_multiplier)
+    synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
     width = lambda c: max(1, int(round(c * width_multiplier)))  # noqa: E731
     inputs = keras.Input(tuple(input_shape), name="images")
     if stem == "cifar":
@@ -120,7 +122,7 @@ def ResNet18(
     input_shape=(32, 32, 3),
     stem="cifar",
     width_multiplier=1.0,
-    synchronized_bn=False,
+    synchronized_bn=None,
     zero_init_residual=True,
     name="resnet18",
 ):
@@ -131,7 +133,9 @@ def ResNet18(
         stem: str. "cifar" (3x3 conv, no max-pool) or "imagenet" (7x7/2 conv
             and max-pool). Defaults to "cifar".
         width_multiplier: float. Scales every layer's channels. Defaults to 1.0.
-        synchronized_bn: bool. Cross-replica BatchNorm. Defaults to False.
+        synchronized_bn: bool or None. Cross-replica BatchNorm; None (the
+            default) synchronizes when built under a strategy with several
+            replicas (`keras_contrastive.distribute.sync_batch_norm_default`).
         zero_init_residual: bool. Start each residual branch's last BN at
             gamma = 0, as SimCLR's ResNet does (torchvision's default is
             False). Defaults to True.
@@ -158,7 +162,7 @@ def ResNet50(
     input_shape=(224, 224, 3),
     stem="imagenet",
     width_multiplier=1.0,
-    synchronized_bn=False,
+    synchronized_bn=None,
     zero_init_residual=True,
     name="resnet50",
 ):

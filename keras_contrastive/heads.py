@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from keras_contrastive import distribute
 from keras_contrastive.layers import batch_normalization
 
 
@@ -23,7 +24,8 @@ class ProjectionHead(keras.layers.Layer):
         output_batch_norm: bool. BN on the output. Defaults to False.
         output_bn_affine: bool. Scale (gamma) on the output BN; its beta is
             always off, as in SimCLR v2. MoCo v3 turns both off. Defaults to True.
-        synchronized_bn: bool. Cross-replica BN. Defaults to False.
+        synchronized_bn: bool or None. Cross-replica BN; None (the default)
+            synchronizes under a strategy with several replicas.
         output_use_bias: bool or None. Bias on the output Dense; None means
             "unless output_batch_norm". MoCo v3's MLPs have no biases at all.
             Defaults to None.
@@ -44,7 +46,7 @@ class ProjectionHead(keras.layers.Layer):
         batch_norm=False,
         output_batch_norm=False,
         output_bn_affine=True,
-        synchronized_bn=False,
+        synchronized_bn=None,
         output_use_bias=None,
         **kwargs,
     ):
@@ -55,7 +57,8 @@ class ProjectionHead(keras.layers.Layer):
         self.batch_norm = batch_norm
         self.output_batch_norm = output_batch_norm
         self.output_bn_affine = output_bn_affine
-        self.synchronized_bn = synchronized_bn
+        self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
+        synchronized_bn = self.synchronized_bn
         self.blocks = []
         for i, dim in enumerate(self.hidden_dims):
             block = [layers.Dense(dim, use_bias=not batch_norm, name=f"dense{i}")]
@@ -116,7 +119,7 @@ class ProjectionHead(keras.layers.Layer):
         return config
 
 
-def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=None, synchronized_bn=False):
+def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=None, synchronized_bn=None):
     """SimCLR's projection head.
 
     Args:
@@ -125,7 +128,7 @@ def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=
         feature_dim: int. Encoder output size (the default hidden width).
         projection_dim: int. Defaults to 128 as in the paper.
         hidden_dim: int or None. Defaults to `feature_dim`.
-        synchronized_bn: bool. Defaults to False.
+        synchronized_bn: bool or None. None: synchronized under several replicas.
     """
     hidden = int(hidden_dim or feature_dim)
     if version == 1:
@@ -142,7 +145,7 @@ def simclr_projection_head(version, feature_dim, projection_dim=128, hidden_dim=
     raise ValueError(f"SimCLR projection head `version` must be 1 or 2; got {version!r}.")
 
 
-def moco_v3_mlp(num_layers, hidden_dim, output_dim, last_bn=True, synchronized_bn=False, name=None):
+def moco_v3_mlp(num_layers, hidden_dim, output_dim, last_bn=True, synchronized_bn=None, name=None):
     """MoCo v3's MLP (`_build_mlp` in its reference code): no biases, BN + ReLU
     in hidden layers, and with `last_bn` a BN without affine parameters on the
     output (the projector; the predictor has none).
@@ -153,7 +156,7 @@ def moco_v3_mlp(num_layers, hidden_dim, output_dim, last_bn=True, synchronized_b
         hidden_dim: int. 4096 in the paper.
         output_dim: int. 256 in the paper.
         last_bn: bool. Defaults to True.
-        synchronized_bn: bool. Defaults to False.
+        synchronized_bn: bool or None. None: synchronized under several replicas.
     """
     return ProjectionHead(
         [hidden_dim] * (num_layers - 1),

@@ -22,8 +22,35 @@ def test_auto_reads_tf_config_workers(monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     calls = []
-    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: calls.append(1) or "mwms")
-    assert distribute.strategy("auto") == "mwms" and calls == [1]
+    monkeypatch.setattr(
+        tf.distribute, "MultiWorkerMirroredStrategy", lambda communication_options: calls.append(communication_options) or "mwms"
+    )
+    assert distribute.strategy("auto", collective_timeout=30) == "mwms"
+    assert len(calls) == 1 and calls[0].timeout_seconds == 30
+
+
+def test_multi_worker_after_tensorflow_started_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}))
+    tf.constant(1.0) + 1.0  # TensorFlow has run ops in this process
+    with pytest.raises(RuntimeError, match="before TensorFlow runs any op"):
+        distribute.strategy("multi_worker")
+
+
+def test_is_chief_and_logs_outside_multi_worker():
+    assert distribute.is_chief()
+    assert distribute.is_chief(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    logs = {"loss": tf.constant(1.0)}
+    assert distribute.keras_reducible(logs) is logs  # untouched unless multi-worker
+
+
+def test_sync_batch_norm_default_follows_the_replica_count():
+    assert distribute.sync_batch_norm_default(None) is False
+    assert distribute.sync_batch_norm_default(True) is True
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        assert distribute.sync_batch_norm_default(None) is True
+        assert distribute.sync_batch_norm_default(False) is False
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        assert distribute.sync_batch_norm_default(None) is False
 
 
 def test_replica_helpers_without_a_strategy():

@@ -2,6 +2,7 @@ import numpy as np
 import keras
 import pytest
 
+import keras_contrastive as kc
 from keras_contrastive import encoders
 
 
@@ -54,3 +55,20 @@ def test_save_load_round_trip(tmp_path, rng):
     clone = keras.saving.load_model(path, safe_mode=True)
     x = rng.random((2, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(clone(x).numpy(), enc(x).numpy(), atol=1e-6)
+
+
+def test_resnet_synchronizes_batch_norm_by_default_only_under_several_replicas():
+    from conftest import cpu_strategy
+
+    def bn_kinds(encoder):
+        return {type(layer).__name__ for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert bn_kinds(kc.encoders.ResNet18((16, 16, 1), width_multiplier=0.125)) == {"BatchNormalization"}
+    with cpu_strategy(2).scope():
+        encoder = kc.encoders.ResNet18((16, 16, 1), width_multiplier=0.125)
+        head = kc.heads.simclr_projection_head(2, 64)
+    assert bn_kinds(encoder) == {"SyncBatchNormalization"} and head.synchronized_bn is True
+    with cpu_strategy(2).scope():
+        assert bn_kinds(kc.encoders.ResNet18((16, 16, 1), width_multiplier=0.125, synchronized_bn=False)) == {
+            "BatchNormalization"
+        }

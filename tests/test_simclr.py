@@ -156,3 +156,11 @@ def test_a_batch_the_replicas_cannot_split_is_a_clear_error():
     ds = tf.data.Dataset.from_tensor_slices(views).batch(5, drop_remainder=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="split evenly over the 2 replicas"):
         model.fit(ds, epochs=1, verbose=0)
+
+
+def test_an_unsynchronized_encoder_under_several_replicas_warns():
+    with cpu_strategy(2).scope():
+        with pytest.warns(UserWarning, match="not synchronized"):
+            kc.SimCLR(tiny_encoder(synchronized_bn=False), projection_dim=4)
+        model = kc.SimCLR(tiny_encoder(synchronized_bn=True), projection_dim=4)
+    assert model.synchronized_bn is True  # the head follows the replica count

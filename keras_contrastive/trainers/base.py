@@ -8,6 +8,8 @@ Keras duties of a custom step (loss / replicas, `optimizer.scale_loss`) and
 `contrastive_loss(features, training)`.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -33,6 +35,28 @@ def _deserialize(config):
     if isinstance(config, list):
         return [keras.saving.deserialize_keras_object(c) for c in config]
     return keras.saving.deserialize_keras_object(config)
+
+
+def _warn_if_unsynchronized(encoder):
+    """Warns when an encoder with per-replica BatchNorm is trained on several replicas."""
+    if tf.distribute.get_strategy().num_replicas_in_sync < 2:
+        return
+    local = [
+        layer.name
+        for layer in encoder._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+    ]
+    if local:
+        warnings.warn(
+            f"The encoder has {len(local)} BatchNormalization layer(s) that are not synchronized "
+            f"({', '.join(local[:3])}{', ...' if len(local) > 3 else ''}), and this strategy has "
+            f"{tf.distribute.get_strategy().num_replicas_in_sync} replicas: each replica will normalize "
+            "by its own batch statistics, so the run differs from one replica on the same global batch "
+            "and a contrastive loss can find positives by their local statistics. Build the encoder "
+            "with synchronized_bn=True, or convert it with "
+            "keras_contrastive.layers.synchronize_batch_norm(encoder) under the strategy's scope.",
+            stacklevel=3,
+        )
 
 
 class ContrastiveTrainer(keras.Model):
@@ -79,6 +103,7 @@ class ContrastiveTrainer(keras.Model):
             raise ValueError(f"`encoder` must be a keras.Model; got {type(encoder).__name__}.")
         self.encoder = encoder
         self.feature_dim = _feature_dim(encoder)
+        _warn_if_unsynchronized(encoder)
         if isinstance(augmenter, (list, tuple)):
             if len(augmenter) != self.num_views:
                 raise ValueError(
@@ -240,10 +265,10 @@ class ContrastiveTrainer(keras.Model):
         variables = self.optimized_variables
         gradients = tape.gradient(total, variables)
         self.optimizer.apply(gradients, variables)
-        return self._update_metrics(loss, extra, probe_loss, probe_logits, probe_labels)
+        return distribute.keras_reducible(self._update_metrics(loss, extra, probe_loss, probe_logits, probe_labels))
 
     def test_step(self, data):
-        return self._update_metrics(*self._forward(data, training=False))
+        return distribute.keras_reducible(self._update_metrics(*self._forward(data, training=False)))
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

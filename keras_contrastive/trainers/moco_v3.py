@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_contrastive import ema
+from keras_contrastive import distribute
 from keras_contrastive import heads
 from keras_contrastive import losses
 from keras_contrastive.trainers.base import ContrastiveTrainer
@@ -52,7 +53,8 @@ class MoCoV3(ContrastiveTrainer):
         projector_layers: int or None. None: 3 for a ViT (an encoder with a
             layer named "patch_projection"), 2 otherwise, as in the paper.
         predictor_layers: int. Defaults to 2.
-        synchronized_bn: bool. Cross-replica BN in the MLPs. Defaults to False.
+        synchronized_bn: bool or None. Cross-replica BN in the MLPs; None (the
+            default) synchronizes under a strategy with several replicas.
         num_classes: int or None. Online linear probe. Defaults to None.
         seed: int. In-step augmentation seed. Defaults to 0.
 
@@ -77,7 +79,7 @@ class MoCoV3(ContrastiveTrainer):
         hidden_dim=4096,
         projector_layers=None,
         predictor_layers=2,
-        synchronized_bn=False,
+        synchronized_bn=None,
         num_classes=None,
         seed=0,
         **kwargs,
@@ -97,7 +99,8 @@ class MoCoV3(ContrastiveTrainer):
         is_vit = any("patch_projection" in layer.name for layer in encoder.layers)
         self.projector_layers = int(projector_layers or (3 if is_vit else 2))
         self.predictor_layers = int(predictor_layers)
-        self.synchronized_bn = synchronized_bn
+        self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
+        synchronized_bn = self.synchronized_bn
         self.projector = heads.moco_v3_mlp(
             self.projector_layers, hidden_dim, projection_dim, True, synchronized_bn, name="projector"
         )

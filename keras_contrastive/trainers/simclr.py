@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_contrastive import distribute
 from keras_contrastive import heads
 from keras_contrastive import losses
 from keras_contrastive.trainers.base import ContrastiveTrainer
@@ -26,7 +27,8 @@ class SimCLR(ContrastiveTrainer):
         projection_hidden_dim: int or None. Defaults to the feature size.
         head_version: int. 1 (2-layer MLP, SimCLR v1) or 2 (3 layers with BN,
             SimCLR v2). Defaults to 2.
-        synchronized_bn: bool. Cross-replica BN in the head. Defaults to False.
+        synchronized_bn: bool or None. Cross-replica BN in the head; None (the
+            default) synchronizes under a strategy with several replicas.
         num_classes: int or None. Online linear probe. Defaults to None.
         seed: int. In-step augmentation seed. Defaults to 0.
 
@@ -60,7 +62,7 @@ class SimCLR(ContrastiveTrainer):
         projection_dim=128,
         projection_hidden_dim=None,
         head_version=2,
-        synchronized_bn=False,
+        synchronized_bn=None,
         num_classes=None,
         seed=0,
         **kwargs,
@@ -72,7 +74,8 @@ class SimCLR(ContrastiveTrainer):
         self.projection_dim = int(projection_dim)
         self.projection_hidden_dim = projection_hidden_dim
         self.head_version = head_version
-        self.synchronized_bn = synchronized_bn
+        self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
+        synchronized_bn = self.synchronized_bn
         self.projection_head = heads.simclr_projection_head(
             head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
         )
