@@ -1,10 +1,14 @@
 """Keras callbacks for contrastive training runs."""
 
 import os
+import re
+import warnings
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_contrastive import distribute
 
 
 def view_pairs_grid(views, max_images=8):
@@ -65,3 +69,179 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+_BACKUP_NAME = re.compile(r"^epoch(\d+)-batch(\d+)-step(\d+)\.weights\.h5$")
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, safe to kill at any moment and exact to resume.
+
+    Keras 3's callback (read on 3.15.1) overwrites one weights file and then
+    its JSON metadata in place, so a kill during a write can leave a torn
+    file or weights and metadata of different steps; and after a kill in the
+    middle of an epoch it replays that epoch from its first batch. This one:
+
+    * writes each backup to a temporary file and renames it into place, its
+      position (epoch, batch within the epoch, global step) in the file name,
+      so every file with a final name is complete; the previous backup is
+      deleted only after the new one exists (`keep` backups are kept);
+    * restores the newest backup that reads back, skipping (with a warning)
+      any that is corrupted or truncated;
+    * with an integer `save_freq`, continues an interrupted epoch after its
+      last saved batch: the run still makes `epochs * steps_per_epoch`
+      optimizer steps in all (it stops once that many are done), and the
+      input pipeline must continue at `resume_step` too, e.g.
+      `contrastive_views(..., start_batch=backup.resume_step)`; Keras' epoch
+      numbering then runs `batch` steps behind the data, which only shifts
+      where epoch-end callbacks fire;
+    * never writes a backup whose step logged a non-finite value, so a run
+      that dies on a NaN loss (`TerminateOnNaN(raise_error=True)`) keeps its
+      last good backup;
+    * under a multi-worker strategy, only the chief writes; every worker
+      restores, so `backup_dir` must be shared (e.g. a GCS bucket).
+
+    The weights file holds the model's variables and the optimizer's (its
+    step counter and so every schedule, the momentum buffers), and any other
+    model state that is a variable (e.g. MoCo's momentum encoder).
+
+    Args:
+        backup_dir: str. Directory of this run's backups (nothing else).
+        save_freq: "epoch" or int. Back up at the end of each epoch, or every
+            `save_freq` optimizer steps (and at the end of each epoch).
+            Defaults to "epoch".
+        keep: int >= 2. Backups kept on disk. Defaults to 2.
+        delete_checkpoint: bool. Delete the backups when `fit` ends normally.
+            Defaults to True.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", keep=2, delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
+        if int(keep) < 2:
+            raise ValueError(f"`keep` must be >= 2 (one backup may be torn by a kill); got {keep}.")
+        if save_freq != "epoch" and int(save_freq) < 1:
+            raise ValueError(f"`save_freq` must be 'epoch' or a positive int; got {save_freq!r}.")
+        self.keep = int(keep)
+        self._chosen = None  # the backup resume_step promised to the input pipeline
+        self._steps_done = 0
+        self._stop_at = None
+        self._epoch, self._batch_in_epoch = 0, 0
+
+    # -------------------------------------------------------------- reading
+    def _backups(self):
+        """`[(step, epoch, batch, path)]` on disk, newest first."""
+        if not tf.io.gfile.exists(self.backup_dir):
+            return []
+        found = []
+        for name in tf.io.gfile.listdir(self.backup_dir):
+            match = _BACKUP_NAME.match(name)
+            if match:
+                epoch, batch, step = (int(g) for g in match.groups())
+                found.append((step, epoch, batch, os.path.join(self.backup_dir, name)))
+        return sorted(found, reverse=True)
+
+    @staticmethod
+    def _readable(path):
+        try:
+            import h5py
+
+            def read(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]  # reads the bytes: a truncated file fails here
+
+            with tf.io.gfile.GFile(path, "rb") as f, h5py.File(f, "r") as h5:
+                h5.visititems(read)
+            return True
+        except Exception:  # noqa: BLE001 - any failure to read means "corrupted"
+            return False
+
+    def _choose(self):
+        if self._chosen is None:
+            self._chosen = ()
+            for backup in self._backups():
+                if self._readable(backup[3]):
+                    self._chosen = backup
+                    break
+                warnings.warn(f"Skipping the backup {backup[3]}: it cannot be read (corrupted or truncated).")
+        return self._chosen or None
+
+    @property
+    def resume_step(self):
+        """Optimizer steps done by the backup the next `fit` resumes from (0 if none).
+
+        Start the training input pipeline at this batch so that the resumed
+        run sees the batches the interrupted one would have seen next.
+        """
+        chosen = self._choose()
+        return chosen[0] if chosen else 0
+
+    # ------------------------------------------------------------- restoring
+    def on_train_begin(self, logs=None):
+        self._steps_done = 0
+        self._stop_at = None
+        self._epoch, self._batch_in_epoch = 0, 0
+        chosen = self._choose()
+        self._chosen = None  # later fits look at the disk again
+        if not chosen:
+            return
+        if not self.model.built:
+            raise ValueError("BackupAndRestore needs a built model before `fit`; call it on a batch first.")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        step, epoch, batch, path = chosen
+        self.model.load_weights(path)
+        self._steps_done = step
+        self.model._initial_epoch = epoch
+        steps_per_epoch = (self.params or {}).get("steps")
+        epochs = (self.params or {}).get("epochs")
+        if batch and steps_per_epoch and epochs:
+            self._stop_at = epochs * steps_per_epoch
+        elif batch:
+            self._steps_done -= batch  # the epoch is replayed from its start
+        print(f"Resumed from {path}: epoch {epoch + 1}, after batch {batch}, {step} steps done.", flush=True)
+
+    # -------------------------------------------------------------- writing
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._batch_in_epoch = epoch, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps_done += 1
+        self._batch_in_epoch += 1
+        if self._stop_at is not None and self._steps_done >= self._stop_at:
+            self.model.stop_training = True
+        if self.save_freq != "epoch" and self._steps_done % int(self.save_freq) == 0:
+            self._save(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch, self._batch_in_epoch = epoch + 1, 0
+        self._save(logs)
+
+    def _position(self):
+        """(epoch, batches of it done): from the step count when epochs have a fixed length."""
+        steps_per_epoch = (self.params or {}).get("steps")
+        if steps_per_epoch:
+            return divmod(self._steps_done, steps_per_epoch)
+        # Epochs end when the data does: a mid-epoch backup resumes at the
+        # start of its epoch, as Keras' own callback does.
+        return self._epoch, self._batch_in_epoch
+
+    def _save(self, logs):
+        if not distribute.is_chief(self.model.distribute_strategy):
+            return
+        values = [v for v in (logs or {}).values() if np.ndim(v) == 0]
+        if not all(np.isfinite(float(v)) for v in values):
+            return  # keep the last good backup
+        epoch, batch = self._position()
+        name = f"epoch{epoch:05d}-batch{batch:07d}-step{self._steps_done:010d}.weights.h5"
+        tf.io.gfile.makedirs(self.backup_dir)
+        final = os.path.join(self.backup_dir, name)
+        temporary = os.path.join(self.backup_dir, "tmp-" + name)
+        self.model.save_weights(temporary, overwrite=True)
+        tf.io.gfile.rename(temporary, final, overwrite=True)
+        for *_, old in self._backups()[self.keep :]:
+            tf.io.gfile.remove(old)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and distribute.is_chief(self.model.distribute_strategy):
+            if tf.io.gfile.exists(self.backup_dir):
+                tf.io.gfile.rmtree(self.backup_dir)

@@ -295,6 +295,7 @@ def contrastive_views(
     repeat=False,
     num_parallel_calls=tf.data.AUTOTUNE,
     prefetch=True,
+    start_batch=0,
 ):
     """Batches a dataset and draws several augmented views of each image.
 
@@ -337,6 +338,18 @@ def contrastive_views(
         num_parallel_calls: int. Parallelism of the augmentation `map`.
             Defaults to `tf.data.AUTOTUNE`.
         prefetch: bool. Whether to prefetch batches. Defaults to `True`.
+        start_batch: int. Index of the first batch to yield: the batches
+            before it are drawn (shuffle order and keys) but not augmented,
+            so a run resumed after `start_batch` optimizer steps continues
+            the exact sequence an uninterrupted run sees (see
+            `keras_contrastive.callbacks.BackupAndRestore.resume_step`).
+            With `repeat=True` and a shuffle, TensorFlow draws each pass's
+            order from a seed state that all iterators of the returned
+            dataset share, so let only `fit` iterate it (take sample batches
+            from a second `contrastive_views` call): another iterator that
+            reads past the end of a pass changes the later passes. A seed
+            per pass would avoid that, but `shuffle` fails on a tensor seed
+            when the global seed is 0 (TensorFlow 2.21). Defaults to `0`.
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
@@ -363,6 +376,7 @@ def contrastive_views(
         )
     if shuffle_buffer is not None:
         shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, minimum=1)
+    start_batch = _check_int("start_batch", start_batch, minimum=0)
     if isinstance(augmenter, (list, tuple)):
         augmenters = list(augmenter)
         if len(augmenters) != num_views:
@@ -450,9 +464,11 @@ def contrastive_views(
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(
         lambda r: tf.cast(r % (2**31 - 1), tf.int32)
     )
-    dataset = tf.data.Dataset.zip((keys, dataset)).map(
-        make_views, num_parallel_calls=num_parallel_calls, deterministic=True
-    )
+    dataset = tf.data.Dataset.zip((keys, dataset))
+    if start_batch:
+        # Before the map: skipped batches are shuffled and batched, never augmented.
+        dataset = dataset.skip(start_batch)
+    dataset = dataset.map(make_views, num_parallel_calls=num_parallel_calls, deterministic=True)
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset

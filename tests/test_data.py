@@ -544,6 +544,28 @@ def test_views_repeat_and_remainder(small):
     assert next(iter(small_repeat))[0].shape == (16, 2, 8, 8, 1)
 
 
+def test_views_start_batch_continues_the_stream_across_passes(small):
+    """What a resumed run relies on: batch i is the same whether the stream starts at 0 or
+    at `start_batch`, also across the ends of shuffled passes."""
+    x, y = small
+
+    def stream(start):
+        views = data.contrastive_views(
+            data.load((x, y)), noisy_augmenter, batch_size=4, shuffle_buffer=10, seed=5, repeat=True, start_batch=start
+        )
+        return list(views.take(12 - start).as_numpy_iterator())
+
+    full = stream(0)
+    for start in (2, 5, 7):  # within the first pass, at the boundary, in the second pass
+        for got, want in zip(stream(start), full[start:]):
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+    # Passes are shuffled differently, and each holds every image once (2 passes = 5 batches).
+    first, second = np.concatenate([b[1] for b in full[:5]]), np.concatenate([b[1] for b in full[5:10]])
+    assert sorted(first) == sorted(second) == sorted(list(range(10)) * 2)
+    assert not np.array_equal(first[:10], second[:10])
+
+
 def test_views_bad_arguments(small):
     x, y = small
     ds = data.load((x, y))
