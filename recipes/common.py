@@ -31,6 +31,18 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", default="auto", choices=kc.distribute.STRATEGIES)
     p.add_argument("--tpu", default=None, help="TPU address or 'local' (with --strategy tpu)")
+    p.add_argument(
+        "--collective_timeout",
+        type=float,
+        default=None,
+        help="multi-worker: seconds a collective may wait for a worker before the run fails (default: forever)",
+    )
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="Keras dtype policy; mixed_bfloat16 on TPUs (and CPUs with AMX), mixed_float16 (loss-scaled) on GPUs",
+    )
     p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
     p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training images")
@@ -52,13 +64,25 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--knn_k", type=int, default=200)
     p.add_argument("--linear_probe_epochs", type=int, default=30, help="0 skips the linear probe")
     p.add_argument("--no_export", action="store_true")
+    p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
     p.add_argument("--verbose", type=int, default=1)
+    p.add_argument(
+        "--backup_every", type=int, default=50, help="back up every N steps (and each epoch); a killed run loses at most N"
+    )
     return p
+
+
+def start(args):
+    """Strategy first (a multi-worker strategy must exist before any TensorFlow op), then precision and seed."""
+    strategy = make_strategy(args)
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(args.seed)
+    return strategy
 
 
 def make_strategy(args):
     """The tf.distribute strategy of --strategy; the global batch must split evenly over its replicas."""
-    strategy = kc.distribute.strategy(args.strategy, tpu=args.tpu)
+    strategy = kc.distribute.strategy(args.strategy, tpu=args.tpu, collective_timeout=args.collective_timeout)
     replicas = strategy.num_replicas_in_sync
     if args.batch_size % replicas:
         raise SystemExit(
@@ -104,21 +128,30 @@ def schedule_and_optimizer(args, steps_per_epoch, exclude_names=()):
     return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay)
 
 
-def callbacks(args, sample_views=None):
-    """TensorBoard (+ augmented views), backup to resume a killed run, a checkpoint per epoch, NaN guard."""
-    os.makedirs(os.path.join(args.model_dir, "checkpoints"), exist_ok=True)
-    log_dir = os.path.join(args.model_dir, "logs")
+def backup(args):
+    """The run's backups: a killed run started again with the same command resumes from the last one.
+
+    Read `.resume_step` before building the training input pipeline, so that
+    the resumed run continues with the batches the killed one would have seen.
+    """
+    return kc.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"), save_freq=args.backup_every)
+
+
+def callbacks(args, sample_views=None, backup_callback=None):
+    """Backup to resume a killed run, NaN guard; on the chief also TensorBoard (+ views) and a checkpoint per epoch."""
     result = [
         kc.callbacks.LearningRateLogger(),
-        keras.callbacks.TensorBoard(log_dir, update_freq=20),
-        # double_checkpoint keeps the previous backup too, so a kill during a
-        # backup write still leaves one to resume from.
-        keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"), double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras")),
+        backup_callback or backup(args),
         # Raise on a NaN loss rather than stop gracefully, which would end the
-        # run normally and make BackupAndRestore delete the last good backup.
+        # run normally and make the backup callback delete the last good backup.
         keras.callbacks.TerminateOnNaN(raise_error=True),
     ]
+    if not kc.distribute.is_chief():
+        return result  # other workers of a multi-worker run write nothing
+    os.makedirs(os.path.join(args.model_dir, "checkpoints"), exist_ok=True)
+    log_dir = os.path.join(args.model_dir, "logs")
+    result.insert(1, keras.callbacks.TensorBoard(log_dir, update_freq=20))
+    result.append(keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras")))
     if sample_views is not None:
         png = os.path.join(args.model_dir, "views.png")
         result.insert(2, kc.callbacks.ViewPairsImage(sample_views, log_dir, png_path=png))
@@ -130,13 +163,18 @@ def first_views(views_dataset):
     return sample[0] if isinstance(sample, tuple) else sample
 
 
-def fit(args, model, views, steps_per_epoch):
-    """`model.fit` on a repeated views dataset with the recipes' callbacks (views in TensorBoard)."""
+def fit(args, model, views, steps_per_epoch, backup_callback=None, sample_views=None):
+    """`model.fit` on a repeated views dataset with the recipes' callbacks (`sample_views` shown in TensorBoard).
+
+    `sample_views` is a separate dataset of the same views: reading a batch
+    from `views` itself would advance its shuffle state (see
+    `kc.data.contrastive_views`' `start_batch`).
+    """
     return model.fit(
         views,
         epochs=args.epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks(args, first_views(views)),
+        callbacks=callbacks(args, None if sample_views is None else first_views(sample_views), backup_callback),
         verbose=args.verbose,
         shuffle=False,
     )
@@ -145,7 +183,7 @@ def fit(args, model, views, steps_per_epoch):
 def evaluate_frozen(args, encoder, train_arrays, test_arrays):
     """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split."""
     (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays
-    if y_train is None or y_test is None:
+    if y_train is None or y_test is None or args.no_eval or not kc.distribute.is_chief():
         return {}
     print("Extracting features for the kNN bank and the test split...")
     f_train = kc.evaluation.extract_features(encoder, x_train, verbose=args.verbose)
@@ -161,7 +199,9 @@ def evaluate_frozen(args, encoder, train_arrays, test_arrays):
 
 
 def export_and_save_results(args, model, method, recipe, results):
-    """Exports the encoder (no projection head) unless --no_export; writes results.json."""
+    """Exports the encoder (no projection head) unless --no_export; writes results.json (on the chief only)."""
+    if not kc.distribute.is_chief():
+        return results
     if not args.no_export:
         metadata = {"method": method, "recipe": recipe, "args": vars(args), "evaluation": results}
         results["export_path"] = kc.export.export_encoder(model, args.export_dir, metadata=metadata)

@@ -53,8 +53,9 @@ def classifier_from(encoder_uint8, num_classes):
     return keras.Model(inputs, logits)
 
 
-def train_and_test(model, train_ds, steps, args, x_test, y_test):
-    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+def train_and_test(model, train_ds, steps, batch, args, x_test, y_test):
+    peak = kc.optimizers.scale_learning_rate(args.learning_rate, batch, args.lr_scaling)
+    schedule = keras.optimizers.schedules.CosineDecay(peak, steps)
     model.compile(
         keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -72,9 +73,10 @@ def main(argv=None):
     parser.add_argument("--finetune_epochs", type=int, default=20, help="passes over each labelled subset")
     parser.add_argument("--min_steps", type=int, default=100)
     parser.add_argument("--override_architecture", action="store_true", help="use --encoder/--width_multiplier/--stem for the scratch model")
-    parser.set_defaults(learning_rate=0.05)
+    # SimCLR's fine-tuning rate, 0.05 x batch / 256 (appendix B.5): base 0.1 at the default batch 128.
+    parser.set_defaults(learning_rate=0.1)
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
+    strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: the full training split (labels subsampled below) and the test split.
     _, (x_train, y_train) = common.load_split(args, common.train_split(args))
@@ -99,17 +101,18 @@ def main(argv=None):
         steps = max(args.min_steps, args.finetune_epochs * (len(idx) // batch))
 
         # 3. Fine-tune the pretrained encoder, and train the same network from scratch.
-        pretrained = classifier_from(kc.downstream.load_encoder(args.encoder_path, trainable=True), num_classes)
-        fresh = common.build_encoder(args, x_train.shape[1:])
-        scratch_inputs = keras.Input(x_train.shape[1:], dtype="uint8")
-        scratch = classifier_from(
-            keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))), num_classes
-        )
-        row = {
-            "labels": int(len(idx)),
-            "pretrained": train_and_test(pretrained, views, steps, args, x_test, y_test),
-            "scratch": train_and_test(scratch, views, steps, args, x_test, y_test),
-        }
+        with strategy.scope():
+            pretrained = classifier_from(kc.downstream.load_encoder(args.encoder_path, trainable=True), num_classes)
+            fresh = common.build_encoder(args, x_train.shape[1:])
+            scratch_inputs = keras.Input(x_train.shape[1:], dtype="uint8")
+            scratch = classifier_from(
+                keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))), num_classes
+            )
+            row = {
+                "labels": int(len(idx)),
+                "pretrained": train_and_test(pretrained, views, steps, batch, args, x_test, y_test),
+                "scratch": train_and_test(scratch, views, steps, batch, args, x_test, y_test),
+            }
         results[f"{fraction:g}"] = row
         print(
             f"{fraction:>6.1%} labels ({row['labels']} images, {steps} steps): "

@@ -39,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--augment_blur", action="store_true", help="MoCo v3's blur (off for 32x32 images)")
     parser.set_defaults(projection_dim=256)
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
+    strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.
     split = common.train_split(args)
@@ -51,7 +51,6 @@ def main(argv=None):
     augmenters = kc.augment.moco_v3_augmenters(args.image_size, seed=args.seed, blur=args.augment_blur)
 
     # 3. Encoder and trainer: momentum schedule over the whole run.
-    strategy = common.make_strategy(args)
     with strategy.scope():
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         encoder = common.build_encoder(args, train_arrays[0].shape[1:])
@@ -71,8 +70,14 @@ def main(argv=None):
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Input pipeline and training.
-    views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)
-    common.fit(args, model, views, steps_per_epoch)
+    # A killed run started again with the same command resumes from its last backup,
+    # and its input pipeline continues with the batches it would have seen next.
+    backup = common.backup(args)
+    views = model.views_dataset(
+        train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True,
+        start_batch=backup.resume_step,
+    )
+    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
 
     # 6. Evaluate the frozen query backbone, then export it.
     _, test_arrays = common.load_split(args, "test")

@@ -33,7 +33,7 @@ def main(argv=None):
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "simclr")
     parser.add_argument("--head_version", type=int, default=2, choices=[1, 2])
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
+    strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: uint8 images; labels feed only the online probe and the evaluation.
     split = common.train_split(args)
@@ -45,7 +45,6 @@ def main(argv=None):
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
 
     # 3. Encoder and trainer (SimCLR head, NT-Xent, online linear probe).
-    strategy = common.make_strategy(args)
     with strategy.scope():
         encoder = common.build_encoder(args, train_arrays[0].shape[1:])
         model = kc.SimCLR(
@@ -63,10 +62,16 @@ def main(argv=None):
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Input pipeline: shuffled, repeated, augmented views with a static batch size.
-    views = model.views_dataset(train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True)
+    # A killed run started again with the same command resumes from its last backup,
+    # and its input pipeline continues with the batches it would have seen next.
+    backup = common.backup(args)
+    views = model.views_dataset(
+        train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True,
+        start_batch=backup.resume_step,
+    )
 
     # 6. Train, with logs, view pairs, backups and checkpoints.
-    common.fit(args, model, views, steps_per_epoch)
+    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
 
     # 7. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features.
     _, test_arrays = common.load_split(args, "test")

@@ -33,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--num_views", type=int, default=2)
     parser.add_argument("--class_balanced", action="store_true")
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
+    strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: labelled uint8 images.
     split = common.train_split(args)
@@ -49,7 +49,6 @@ def main(argv=None):
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
 
     # 3. Stage 1: encoder + SupCon trainer.
-    strategy = common.make_strategy(args)
     with strategy.scope():
         encoder = common.build_encoder(args, train_arrays[0].shape[1:])
         model = kc.SupCon(
@@ -66,14 +65,18 @@ def main(argv=None):
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
+    # A killed run started again with the same command resumes from its last backup,
+    # and its input pipeline continues with the batches it would have seen next.
+    backup = common.backup(args)
     views = model.views_dataset(
         train,
         args.batch_size,
         shuffle_buffer=None if args.class_balanced else min(num_train, 20_000),
         seed=args.seed,
         repeat=not args.class_balanced,
+        start_batch=backup.resume_step,
     )
-    common.fit(args, model, views, steps_per_epoch)
+    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).
     _, test_arrays = common.load_split(args, "test")

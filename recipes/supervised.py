@@ -27,7 +27,7 @@ import keras_contrastive as kc
 def main(argv=None):
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5)
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
+    strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.
     split = common.train_split(args)
@@ -37,21 +37,24 @@ def main(argv=None):
 
     # 2. One augmented view per image, made on the host with the same augmenter.
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    backup = common.backup(args)  # a killed run resumes from its last backup, data included
     views = kc.data.contrastive_views(
-        train, augmenter, args.batch_size, num_views=1, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True
+        train, augmenter, args.batch_size, num_views=1, shuffle_buffer=min(num_train, 20_000), seed=args.seed,
+        repeat=True, start_batch=backup.resume_step,
     ).map(lambda v, y: (v[:, 0], y))
 
     # 3. Encoder + linear classifier, cross-entropy.
-    encoder = common.build_encoder(args, train_arrays[0].shape[1:])
-    classifier = keras.Sequential([encoder, keras.layers.Dense(num_classes, name="classifier")])
-    steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
-    classifier.compile(
-        optimizer=common.schedule_and_optimizer(args, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    with strategy.scope():
+        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        classifier = keras.Sequential([encoder, keras.layers.Dense(num_classes, name="classifier")])
+        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        classifier.compile(
+            optimizer=common.schedule_and_optimizer(args, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
     classifier.fit(
-        views, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=common.callbacks(args), verbose=args.verbose
+        views, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=common.callbacks(args, None, backup), verbose=args.verbose
     )
 
     # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe.

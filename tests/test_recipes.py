@@ -117,3 +117,43 @@ def test_balanced_subset_takes_the_fraction_of_every_class():
     assert np.bincount(labels[idx]).tolist() == [10, 30, 60]
     assert len(set(idx)) == len(idx)
     assert not np.array_equal(idx, balanced_subset(labels, 0.1, seed=1))
+
+
+RESUME = ["--max_train_examples", "512", "--epochs", "3", "--steps_per_epoch", "4", "--batch_size", "64",
+          "--width_multiplier", "0.125", "--no_eval", "--no_export", "--verbose", "0"]
+
+
+def run_runner(recipe, npz, model_dir, *flags, extra=()):
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "recipe_runner.py"), recipe, str(npz), "--deterministic", *flags,
+           "--", *RESUME, *extra, "--model_dir", str(model_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe,kill_at_step,backup_every,resumed_at",
+    [
+        ("simclr", 8, 100, 8),  # SIGKILL right after epoch 2: resumes at epoch 3
+        ("mocov3", 7, 2, 6),  # SIGKILL mid-epoch: loses the one step since the last backup
+    ],
+)
+def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, recipe, kill_at_step, backup_every, resumed_at):
+    extra = ["--backup_every", str(backup_every)] + (["--hidden_dim", "32"] if recipe == "mocov3" else [])
+    full = run_runner(recipe, tmp_path / "full.npz", tmp_path / "full", extra=extra)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    killed = run_runner(recipe, tmp_path / "unused.npz", run_dir, "--kill_at_step", str(kill_at_step), extra=extra)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL: no cleanup ran
+    assert (run_dir / "backup").exists()
+    again = run_runner(recipe, tmp_path / "resumed.npz", run_dir, extra=extra)  # the same command again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{resumed_at} steps done" in again.stdout
+
+    want, got = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(got["optimizer_iterations"]) == int(want["optimizer_iterations"]) == 12
+    assert int(got["batches_run"]) == 12 - resumed_at  # no step replayed
+    for name in want.files:
+        if name not in ("batches_run",):
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+    assert not (run_dir / "backup").exists()  # a finished run removes its backups

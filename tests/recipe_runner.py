@@ -1,0 +1,87 @@
+"""Runs a recipe in this process, then saves the trained model's variables to an .npz file.
+
+For the multi-worker tests, which start it once per worker (TF_CONFIG set) and
+once as a one-process MirroredStrategy reference over logical CPUs:
+
+    python tests/recipe_runner.py simclr out.npz [--logical_cpus N] -- <recipe flags>
+
+Not a test module (pytest collects `test_*.py` only).
+"""
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "recipes"))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def main():
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("recipe")
+    parser.add_argument("weights_path")
+    parser.add_argument("--logical_cpus", type=int, default=0, help="run --strategy mirrored over N logical CPUs")
+    parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL this process once N training steps are done")
+    parser.add_argument("--deterministic", action="store_true", help="tf.config.experimental.enable_op_determinism()")
+    own = parser.parse_args(argv[:split])
+    recipe_argv = argv[split + 1 :]
+
+    import common  # noqa: E402
+
+    import keras_contrastive as kc  # noqa: E402
+
+    if own.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if own.logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * own.logical_cpus)
+        devices = [f"/cpu:{i}" for i in range(own.logical_cpus)]
+        kc.distribute.strategy = lambda *args, **kwargs: tf.distribute.MirroredStrategy(devices)
+
+    trained = {}
+    fit = common.fit
+
+    def fit_and_keep(args, model, views, *rest, **kwargs):
+        trained["model"] = model
+        return fit(args, model, views, *rest, **kwargs)
+
+    common.fit = fit_and_keep
+
+    import keras
+
+    class Counter(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Counter.batches += 1
+
+    counter = Counter()
+    extra = [counter]
+    if own.kill_at_step:
+        import signal
+
+        class KillAt(keras.callbacks.Callback):
+            # Before the next step starts: every callback (epoch-end backups too) has seen step N.
+            def on_train_batch_begin(self, batch, logs=None):
+                if int(self.model.optimizer.iterations.numpy()) >= own.kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        extra.append(KillAt())
+    callbacks = common.callbacks
+    common.callbacks = lambda *args, **kwargs: callbacks(*args, **kwargs) + extra
+    module = __import__(own.recipe)
+    module.main(recipe_argv)
+    model = trained["model"]
+    arrays = {f"{i:04d}_{v.path}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
+    arrays["optimizer_iterations"] = np.asarray(model.optimizer.iterations.numpy())
+    arrays["batches_run"] = np.asarray(counter.batches)
+    np.savez(own.weights_path, **arrays)
+
+
+if __name__ == "__main__":
+    main()

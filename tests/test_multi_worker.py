@@ -1,0 +1,96 @@
+"""MultiWorkerMirroredStrategy for real: two worker processes on loopback ports run the SimCLR recipe.
+
+Each worker is a separate Python process with its own TF_CONFIG, as on a cluster;
+`tests/recipe_runner.py` runs the recipe and saves the trained variables.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(ROOT, "tests", "recipe_runner.py")
+TINY = ["--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
+        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0"]
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(tmp_path, runner_flags=(), recipe_flags=()):
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        cmd = [sys.executable, RUNNER, "simclr", str(tmp_path / f"worker{index}.npz"), *runner_flags[index], "--",
+               "--strategy", "multi_worker", *TINY, *recipe_flags,
+               "--model_dir", str(tmp_path / f"run{index}"), "--export_dir", str(tmp_path / f"export{index}")]
+        log = open(tmp_path / f"worker{index}.log", "w")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def log_tail(tmp_path, index):
+    return (tmp_path / f"worker{index}.log").read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_two_local_replicas_and_only_the_chief_writes(tmp_path):
+    start = time.time()
+    procs = start_workers(tmp_path, runner_flags=([], []))
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index)
+    assert time.time() - start < 300
+
+    # The same recipe as one process with MirroredStrategy over 2 logical CPUs.
+    ref = subprocess.run(
+        [sys.executable, RUNNER, "simclr", str(tmp_path / "mirrored.npz"), "--logical_cpus", "2", "--",
+         "--strategy", "mirrored", *TINY, "--model_dir", str(tmp_path / "ref"), "--export_dir", str(tmp_path / "ref_export")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "MirroredStrategy, 2 replica(s)" in ref.stdout and "2 replica(s)" in log_tail(tmp_path, 1)
+
+    chief, worker, mirrored = (np.load(tmp_path / f"{n}.npz") for n in ("worker0", "worker1", "mirrored"))
+    assert chief.files == mirrored.files and len(chief.files) > 100
+    assert int(chief["optimizer_iterations"]) == 6
+    for name in chief.files:
+        np.testing.assert_array_equal(worker[name], chief[name], err_msg=name)  # the workers agree exactly
+        np.testing.assert_allclose(chief[name], mirrored[name], rtol=0, atol=1e-5, err_msg=name)
+
+    # Only the chief (worker 0) writes: checkpoints, logs, backups, results, export.
+    assert sorted(os.listdir(tmp_path / "run0" / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
+    assert (tmp_path / "run0" / "results.json").exists() and (tmp_path / "export0" / "1" / "saved_model.pb").exists()
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "export1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dies", [0, 1])
+def test_when_a_worker_dies_the_other_fails_instead_of_hanging(tmp_path, dies):
+    flags = [[], []]
+    flags[dies] = ["--kill_at_step", "3"]
+    procs = start_workers(tmp_path, runner_flags=flags, recipe_flags=["--epochs", "200", "--no_eval", "--no_export"])
+    assert procs[dies].wait(timeout=300) == -signal.SIGKILL, log_tail(tmp_path, dies)
+    died = time.time()
+    other = procs[1 - dies]
+    try:
+        code = other.wait(timeout=60)
+    finally:
+        other.kill()
+    assert code != 0
+    assert time.time() - died < 60
+    assert "Collective ops is aborted" in log_tail(tmp_path, 1 - dies)
