@@ -57,3 +57,48 @@ def test_three_steps_in_mixed_bfloat16(method, bfloat16):
     hist = train(model, random_views(48), LABELS, steps=3)
     assert np.all(np.isfinite(hist["loss"]))
     assert len(traces) == 1
+
+
+@pytest.fixture
+def float16():
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def one_step_update(method, policy, init=None):
+    keras.config.set_dtype_policy(policy)
+    model = make(method)
+    optimizer = keras.optimizers.SGD(0.05)
+    if policy == "mixed_float16":
+        # Keras' default first scale, 2**15, overflows on this net's first step
+        # (the step is then skipped and the scale halved): start lower.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**8)
+    model.compile(optimizer=optimizer)
+    if init is not None:
+        model.set_weights(init)
+    before = [w.copy() for w in model.get_weights()]
+    hist = train(model, random_views(48), LABELS, batch=48, steps=1)
+    return model, before, [a - b for a, b in zip(model.get_weights(), before)], hist
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3"])
+def test_mixed_float16_scales_the_loss_and_matches_float32(method, float16):
+    """Keras wraps the optimizer in a LossScaleOptimizer; the custom step must scale the loss
+    (or small float16 gradients vanish) and the optimizer unscale it: one SGD step in
+    mixed_float16 moves the weights as float32 does, up to float16 rounding."""
+    auto = make(method)
+    auto.compile(optimizer=keras.optimizers.SGD(0.05))
+    assert isinstance(auto.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras wraps it
+    model, init, delta16, hist = one_step_update(method, "mixed_float16")
+    assert model.optimizer.dynamic_scale.numpy() == 2.0**8  # the step was applied, not skipped
+    assert np.isfinite(hist["loss"]).all()
+    _, _, delta32, _ = one_step_update(method, "float32", init)
+    moved = [(d16, d32) for d16, d32 in zip(delta16, delta32) if np.abs(d32).max() > 1e-4]
+    assert len(moved) >= 3
+    for d16, d32 in moved:
+        # Same direction, same size: a loss scaled but not unscaled would move
+        # the weights 256 times too far.
+        cosine = np.sum(d16 * d32) / (np.linalg.norm(d16) * np.linalg.norm(d32))
+        ratio = np.linalg.norm(d16) / np.linalg.norm(d32)
+        assert cosine > 0.95 and 0.8 < ratio < 1.25
