@@ -201,7 +201,21 @@ def is_chief(strategy=None):
     True everywhere except on the non-chief workers of a multi-worker run
     (TensorFlow's own `strategy.extended.should_checkpoint`: the task "chief",
     or worker 0 when the cluster has no chief).
+
+    Args:
+        strategy: a `tf.distribute.Strategy` or None: the strategy whose scope
+            is entered, or, outside every scope, the cluster that the
+            `TF_CONFIG` environment variable describes.
     """
+    if strategy is None and not tf.distribute.has_strategy():
+        # Outside any scope: the role TF_CONFIG gives this process.
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        cluster = resolver.cluster_spec().as_dict()
+        if not cluster:
+            return True
+        if "chief" in cluster:
+            return resolver.task_type == "chief"
+        return resolver.task_type == "worker" and resolver.task_id == 0
     strategy = strategy or tf.distribute.get_strategy()
     return bool(strategy.extended.should_checkpoint)
 

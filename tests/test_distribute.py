@@ -36,8 +36,16 @@ def test_multi_worker_after_tensorflow_started_is_a_clear_error(monkeypatch):
         distribute.strategy("multi_worker")
 
 
-def test_is_chief_and_logs_outside_multi_worker():
+def test_is_chief_and_logs_outside_multi_worker(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     assert distribute.is_chief()
+    for task, chief in [({"type": "worker", "index": 0}, True), ({"type": "worker", "index": 1}, False)]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": task}))
+        assert distribute.is_chief() is chief
+    cluster = {"chief": ["c:1"], "worker": ["a:1"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert distribute.is_chief() is False
+    monkeypatch.delenv("TF_CONFIG")
     assert distribute.is_chief(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     logs = {"loss": tf.constant(1.0)}
     assert distribute.keras_reducible(logs) is logs  # untouched unless multi-worker
