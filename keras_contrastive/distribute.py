@@ -244,3 +244,42 @@ def keras_reducible(logs):
     if not _multi_worker(tf.distribute.get_strategy()):
         return logs
     return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}
+
+
+class MultiWorkerFit:
+    """Mixin that makes Keras' own `fit` / `evaluate` run under MultiWorkerMirroredStrategy.
+
+    For plain models trained with Keras' `train_step` (a cross-entropy
+    baseline, a fine-tuned classifier); the trainers of this package already
+    do both things themselves. Put it first among the bases:
+
+        class Classifier(kc.distribute.MultiWorkerFit, keras.Model): ...
+        model = Classifier(inputs, logits)  # Functional construction works
+
+    It works around two failures of Keras' TF trainer (read on Keras 3.15.1,
+    keras-team/keras#20585): the step's scalar logs are reduced with
+    `axis=0` (see `keras_reducible`), and before training Keras takes the
+    first batch from a throw-away iterator and MEAN-reduces it across
+    replicas to build the compiled metrics, which fails on per-replica values
+    in eager mode and on integer labels. Here the metrics are built from a
+    zero batch with the dataset's per-replica shapes and dtypes instead.
+    Under every other strategy both are left to Keras.
+    """
+
+    def train_step(self, data):
+        return keras_reducible(super().train_step(data))
+
+    def test_step(self, data):
+        return keras_reducible(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        adapter = getattr(iterator, "data_adapter", None)
+        if data_batch is None and adapter is not None and _multi_worker(self.distribute_strategy):
+            zeros = tf.nest.map_structure(
+                lambda spec: tf.zeros([1] + [1 if d is None else d for d in spec.shape[1:]], spec.dtype),
+                adapter.get_tf_dataset().element_spec,
+            )
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=zeros)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

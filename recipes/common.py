@@ -93,6 +93,11 @@ def make_strategy(args):
     return strategy
 
 
+@keras.saving.register_keras_serializable(package="keras_contrastive_recipes")
+class Classifier(kc.distribute.MultiWorkerFit, keras.Model):
+    """A Functional classifier (`Classifier(inputs, logits)`) whose `fit` also runs multi-worker."""
+
+
 def train_split(args):
     return "train" if not args.max_train_examples else f"train[:{args.max_train_examples}]"
 

@@ -50,7 +50,7 @@ def scratch_encoder(args, metadata):
 def classifier_from(encoder_uint8, num_classes):
     inputs = keras.Input(encoder_uint8.input_shape[1:], dtype="uint8", name="images")
     logits = keras.layers.Dense(num_classes, name="classifier")(encoder_uint8(inputs))
-    return keras.Model(inputs, logits)
+    return common.Classifier(inputs, logits)
 
 
 def train_and_test(model, train_ds, steps, batch, args, x_test, y_test):
@@ -120,9 +120,10 @@ def main(argv=None):
             flush=True,
         )
 
-    os.makedirs(args.model_dir, exist_ok=True)
-    with open(os.path.join(args.model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    if kc.distribute.is_chief():  # other workers of a multi-worker run write nothing
+        os.makedirs(args.model_dir, exist_ok=True)
+        with open(os.path.join(args.model_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
     return results
 
 

@@ -46,7 +46,8 @@ def main(argv=None):
     # 3. Encoder + linear classifier, cross-entropy.
     with strategy.scope():
         encoder = common.build_encoder(args, train_arrays[0].shape[1:])
-        classifier = keras.Sequential([encoder, keras.layers.Dense(num_classes, name="classifier")])
+        inputs = keras.Input(encoder.input_shape[1:])
+        classifier = common.Classifier(inputs, keras.layers.Dense(num_classes, name="classifier")(encoder(inputs)))
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         classifier.compile(
             optimizer=common.schedule_and_optimizer(args, steps_per_epoch),

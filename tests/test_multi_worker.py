@@ -31,21 +31,26 @@ def free_ports(n):
     return ports
 
 
-def start_workers(tmp_path, runner_flags=(), recipe_flags=()):
+def start_workers(tmp_path, runner_flags=(), recipe_flags=(), recipe=None, name="worker"):
+    """Two worker processes: the SimCLR recipe through the runner, or `recipe` itself."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        cmd = [sys.executable, RUNNER, "simclr", str(tmp_path / f"worker{index}.npz"), *runner_flags[index], "--",
-               "--strategy", "multi_worker", *TINY, *recipe_flags,
-               "--model_dir", str(tmp_path / f"run{index}"), "--export_dir", str(tmp_path / f"export{index}")]
-        log = open(tmp_path / f"worker{index}.log", "w")
+        dirs = ["--model_dir", str(tmp_path / f"run{index}"), "--export_dir", str(tmp_path / f"export{index}")]
+        if recipe is None:
+            cmd = [sys.executable, RUNNER, "simclr", str(tmp_path / f"worker{index}.npz"), *runner_flags[index], "--",
+                   "--strategy", "multi_worker", *TINY, *recipe_flags, *dirs]
+        else:
+            cmd = [sys.executable, os.path.join(ROOT, "recipes", f"{recipe}.py"), "--strategy", "multi_worker",
+                   *recipe_flags, *dirs]
+        log = open(tmp_path / f"{name}{index}.log", "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
     return procs
 
 
-def log_tail(tmp_path, index):
-    return (tmp_path / f"worker{index}.log").read_text()[-3000:]
+def log_tail(tmp_path, index, name="worker"):
+    return (tmp_path / f"{name}{index}.log").read_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -94,3 +99,24 @@ def test_when_a_worker_dies_the_other_fails_instead_of_hanging(tmp_path, dies):
     assert code != 0
     assert time.time() - died < 60
     assert "Collective ops is aborted" in log_tail(tmp_path, 1 - dies)
+
+
+@pytest.mark.slow
+def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
+    """The cross-entropy baseline and fine-tuning use Keras' own train_step (kc.distribute.MultiWorkerFit)."""
+    procs = start_workers(tmp_path, recipe="supervised", recipe_flags=TINY, name="supervised")
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index, "supervised")
+    assert "Classifier test accuracy" in log_tail(tmp_path, 0, "supervised")
+    assert (tmp_path / "export0" / "1" / "saved_model.pb").exists() and not (tmp_path / "run1").exists()
+
+    finetune = ["--encoder_path", str(tmp_path / "export0"), "--max_train_examples", "512", "--label_fractions", "0.1",
+                "--min_steps", "3", "--finetune_epochs", "1", "--batch_size", "32", "--width_multiplier", "0.125",
+                "--verbose", "0"]
+    (tmp_path / "run0").rename(tmp_path / "supervised_run0")
+    procs = start_workers(tmp_path, recipe="finetune", recipe_flags=finetune, name="finetune")
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index, "finetune")
+    results = json.loads((tmp_path / "run0" / "results.json").read_text())
+    assert 0.0 < results["0.1"]["pretrained"] <= 1.0
+    assert not (tmp_path / "run1").exists()
