@@ -18,7 +18,9 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
     """Runs a frozen encoder (inference mode) over images.
 
     Args:
-        encoder: keras.Model (or a trainer: its `.encoder` is used).
+        encoder: keras.Model (or a trainer: its `.encoder` is used). A model
+            whose input is uint8 (`kc.downstream.load_encoder`) gets uint8
+            images, any other gets floats in [0, 1].
         images: uint8 `[N, H, W, C]` (divided by 255 here) or float in
             [0, 1]; or a `tf.data.Dataset` of such images (or of
             `(images, labels)`; labels are then returned too), batched or not.
@@ -44,9 +46,17 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
         total = int(np.ceil(len(images) / batch_size))
 
+    # Downstream models (`kc.downstream.load_encoder`) take uint8 images, the
+    # serving contract's input; encoders take floats in [0, 1].
+    inputs = getattr(encoder, "inputs", None)
+    takes_uint8 = bool(inputs) and keras.backend.standardize_dtype(inputs[0].dtype) == "uint8"
+
     @tf.function(reduce_retracing=True)
     def embed(x):
-        return encoder(_as_float_images(x), training=False)
+        x = _as_float_images(x)
+        if takes_uint8:
+            x = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+        return encoder(x, training=False)
 
     progbar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose) if verbose else None
     features, labels = [], []

@@ -7,6 +7,10 @@ synchronized BatchNorm, gradient all-reduce) on a machine without accelerators.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Subprocesses (recipes, workers, serving checks) import this checkout's package,
+# whatever an editable install elsewhere points to.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

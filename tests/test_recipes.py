@@ -92,8 +92,21 @@ def test_simclr_recipe_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_recipe_from_an_export_and_a_keras_file(tmp_path):
-    _, _, model_dir, export_dir = run_recipe("simclr", tmp_path / "pretrain")
+def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_path):
+    _, pretrain_results, model_dir, export_dir = run_recipe("simclr", tmp_path / "pretrain")
+    for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
+        out = tmp_path / ("eval_" + os.path.basename(source))
+        cmd = [sys.executable, os.path.join(ROOT, "recipes", "linear_eval.py"), "--encoder_path", source,
+               "--max_train_examples", "512", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0",
+               "--model_dir", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((out / "results.json").read_text())
+        # The same encoder, the same protocol: the served graph and the .keras file score what
+        # the pretraining recipe measured in process.
+        assert abs(results["knn_accuracy"] - pretrain_results["knn_accuracy"]) <= 0.002, (results, pretrain_results)
+        assert 0.1 < results["linear_probe_accuracy"] <= 1.0
+    assert "recorded at export" in proc.stdout or source.endswith(".keras")
     for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
         out = tmp_path / ("ft_" + os.path.basename(source))
         cmd = [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder_path", source,
