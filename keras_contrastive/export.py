@@ -8,6 +8,7 @@ Layout written by `export_encoder` (the one TF Serving polls):
         saved_model.pb
         variables/
         assets.extra/keras_contrastive.json
+        assets.extra/tf_serving_warmup_requests
     2/
         ...
 ```
@@ -24,6 +25,11 @@ Signatures of every exported version:
   send raw pixels and cannot get the preprocessing wrong.
 - `embed_normalized`: same input, L2-normalized `embeddings` (unit rows, ready
   for cosine / dot-product retrieval).
+
+`assets.extra/tf_serving_warmup_requests` holds a few requests that TF Serving
+replays when it loads the version (see `keras_contrastive.serving`); it is
+written when the TF Serving protos are installed
+(`pip install --no-deps tensorflow-serving-api`), otherwise the export warns.
 
 The SavedModel needs neither Keras nor this library to be loaded:
 `tf.saved_model.load(path).signatures["serving_default"](images=...)` works
@@ -64,7 +70,7 @@ KERAS_FILE = "encoder.keras"
 METADATA_FORMAT = 1
 # Computed from the exported graph; letting `metadata=` override them would
 # make the file contradict the SavedModel it describes.
-_RESERVED_METADATA_KEYS = ("format", "input", "output")
+_RESERVED_METADATA_KEYS = ("format", "input", "output", "warmup_file")
 
 
 def _is_version_name(name):
@@ -213,6 +219,11 @@ def _build_archive(encoder, image_shape):
     spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
 
     def embed(images):
+        # A request without the batch axis would otherwise crash the serving
+        # process inside the convolution (a CHECK failure, not an error), and
+        # one of another size would silently give embeddings of the wrong
+        # input: both become an INVALID_ARGUMENT for that request.
+        images = tf.ensure_shape(images, [None, *image_shape])
         x = tf.cast(images, tf.float32) / 255.0
         # training=False: BatchNormalization must use its moving statistics
         # (and dropout must be off), whatever Keras' global learning phase is.
@@ -332,6 +343,15 @@ def _write_version(encoder, path, image_shape, user_metadata):
     archive, dim = _build_archive(encoder, image_shape)
     archive.write_out(path, verbose=False)
     _verify_signatures(path)
+    # Lazy import: serving imports this module. `path` is the temporary
+    # directory inside export_dir, so its parent names the model.
+    from keras_contrastive import serving
+
+    warmup = serving.write_warmup_requests(
+        path,
+        model_name=os.path.basename(os.path.dirname(os.path.abspath(path))),
+        missing_ok=True,
+    )
     metadata = {
         "format": METADATA_FORMAT,
         "input": {
@@ -349,6 +369,8 @@ def _write_version(encoder, path, image_shape, user_metadata):
         ),
         "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE, BYTES_SIGNATURE],
         "keras_file": f"{METADATA_DIR}/{KERAS_FILE}",
+        # None when the TF Serving protos were not installed at export time.
+        "warmup_file": serving.METADATA_WARMUP if warmup else None,
     }
     metadata.update(user_metadata)
     os.makedirs(os.path.join(path, METADATA_DIR), exist_ok=True)
@@ -363,11 +385,14 @@ def export_encoder(
 ):
     """Exports an encoder as a versioned SavedModel ready for TF Serving.
 
-    Writes `<export_dir>/<version>/` with `saved_model.pb`, `variables/` and
-    `assets.extra/keras_contrastive.json`. The version is first written to a
-    hidden temporary directory inside `export_dir` and renamed into place when
-    complete; on any error the temporary directory is removed, so a numbered
-    directory is always a complete SavedModel.
+    Writes `<export_dir>/<version>/` with `saved_model.pb`, `variables/`,
+    `assets.extra/keras_contrastive.json` and, if `tensorflow_serving` is
+    importable, `assets.extra/tf_serving_warmup_requests` (requests TF Serving
+    replays at load time, see `serving.write_warmup_requests`; without it the
+    export warns once and the metadata's "warmup_file" is None). The version
+    is first written to a hidden temporary directory inside `export_dir` and
+    renamed into place when complete; on any error the temporary directory is
+    removed, so a numbered directory is always a complete SavedModel.
 
     Signatures (both take `images`, uint8 `[batch, H, W, C]`, any batch size):
 
@@ -494,7 +519,8 @@ def load_metadata(version_path):
     Returns:
         dict. The JSON metadata: "format", "input" (name, dtype, shape,
         preprocessing), "output" (name, dim), "encoder", "keras_version",
-        "tensorflow_version", "created", "signatures" and any user entries.
+        "tensorflow_version", "created", "signatures", "keras_file",
+        "warmup_file" (None if not written) and any user entries.
     """
     if not isinstance(version_path, (str, os.PathLike)):
         raise ValueError(
