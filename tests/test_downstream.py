@@ -58,3 +58,30 @@ def test_trainable_savedmodel_without_keras_file_is_a_clear_error(exported):
 def test_bad_path(tmp_path):
     with pytest.raises(ValueError, match="SavedModel"):
         kc.downstream.load_encoder(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_fine_tuning_an_export_beats_its_frozen_features_on_a_small_labeled_subset(tmp_path):
+    """600 labeled Fashion-MNIST images, the same head, steps and optimizer: training through the
+    export's encoder must end better on held-out images than a linear head on its frozen features."""
+    x, y = kc.data.load_arrays("fashion_mnist", "train[:600]", image_size=32, channels=1)
+    x_test, y_test = kc.data.load_arrays("fashion_mnist", "test[:1000]", image_size=32, channels=1)
+    keras.utils.set_random_seed(0)
+    encoder = kc.encoders.ResNet18((32, 32, 1), width_multiplier=0.125)
+    for _ in range(30):  # BN statistics of the data, so that the frozen features are usable
+        encoder(x[:300] / 255.0, training=True)
+    version = kc.export.export_encoder(encoder, str(tmp_path / "export"))
+
+    def accuracy(trainable):
+        keras.utils.set_random_seed(1)
+        loaded = kc.downstream.load_encoder(version, trainable=trainable, prefer_keras_file=trainable)
+        model = keras.Sequential([loaded, keras.layers.Dense(10)])
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = [w.copy() for w in loaded.get_weights()]
+        model.fit(x, y, batch_size=50, epochs=8, verbose=0)
+        changed = any(np.abs(a - b).max() > 0 for a, b in zip(before, loaded.get_weights()))
+        assert changed == trainable  # the frozen export stays as exported
+        return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
+
+    frozen, fine_tuned = accuracy(False), accuracy(True)
+    assert 0.15 < frozen and frozen + 0.1 < fine_tuned, (frozen, fine_tuned)  # measured 0.24 vs 0.71
