@@ -51,6 +51,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -448,6 +449,7 @@ def export_encoder(
     image_shape = _image_shape(encoder)
 
     os.makedirs(export_dir, exist_ok=True)
+    _remove_stale_temporaries(export_dir)
     if version is None:
         version = next_version(export_dir)
     final_path = os.path.join(export_dir, str(version))
@@ -469,6 +471,24 @@ def export_encoder(
         shutil.rmtree(tmp_path, ignore_errors=True)
         raise
     return final_path
+
+
+#: A temporary export directory this old was left by a killed export.
+STALE_TEMPORARY_SECONDS = 3600
+
+
+def _remove_stale_temporaries(export_dir):
+    """Deletes `.tmp-*` directories left by exports killed more than an hour ago.
+
+    Younger ones may belong to an export running in another process. (`.old-*`
+    directories are kept: one holds a previous version if an overwrite was
+    killed between its two renames.)
+    """
+    now = time.time()
+    for name in os.listdir(export_dir):
+        path = os.path.join(export_dir, name)
+        if name.startswith(".tmp-") and os.path.isdir(path) and now - os.path.getmtime(path) > STALE_TEMPORARY_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _move_into_place(tmp_path, final_path, overwrite):

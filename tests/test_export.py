@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import subprocess
 import sys
 import textwrap
@@ -464,3 +465,14 @@ def test_bytes_signature_decodes_png_and_jpeg_like_the_uint8_path(encoder, expor
     resized = tf.cast(tf.round(tf.image.resize(decoded, (H, W), antialias=True)), tf.uint8)
     ref = loaded.signatures["serving_default"](images=resized[None])["embeddings"].numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_temporaries_of_killed_exports_are_removed_once_stale(encoder, tmp_path):
+    base = tmp_path / "model"
+    stale, fresh = base / ".tmp-1-killed", base / ".tmp-1-running"
+    for path in (stale, fresh):
+        (path / "variables").mkdir(parents=True)
+    old = time.time() - export.STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (old, old))
+    assert export.export_encoder(encoder, str(base)).endswith("1")
+    assert not stale.exists() and fresh.exists()  # a young one may be another process's export
