@@ -255,6 +255,39 @@ def test_signature_names_in_loaded_model(exported):
         assert outputs["embeddings"].shape.as_list() == [None, DIM]
 
 
+def test_static_contract_read_from_the_proto(exported):
+    """What the model server reads, from saved_model.pb itself: one MetaGraph tagged "serve",
+    predict signatures with their documented keys, dtypes and shapes."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    assert len(proto.meta_graphs) == 1
+    meta = proto.meta_graphs[0]
+    assert list(meta.meta_info_def.tags) == ["serve"]
+    signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    assert sorted(signatures) == ["embed_normalized", "serving_bytes", "serving_default"]
+
+    def shape(info):
+        return [d.size for d in info.tensor_shape.dim]
+
+    for name, sig in signatures.items():
+        assert sig.method_name == "tensorflow/serving/predict"
+        assert list(sig.outputs) == ["embeddings"]
+        assert sig.outputs["embeddings"].dtype == tf.float32.as_datatype_enum
+        assert shape(sig.outputs["embeddings"]) == [-1, DIM]
+        if name == "serving_bytes":
+            assert list(sig.inputs) == ["image_bytes"]
+            assert sig.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+            assert shape(sig.inputs["image_bytes"]) == [-1]
+        else:
+            assert list(sig.inputs) == ["images"]
+            assert sig.inputs["images"].dtype == tf.uint8.as_datatype_enum
+            assert shape(sig.inputs["images"]) == [-1, H, W, C]
+    assert os.path.exists(os.path.join(exported, "assets.extra", "tf_serving_warmup_requests"))
+
+
 def test_saved_model_cli_show(exported):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     if os.path.exists(cli):
