@@ -5,6 +5,7 @@ synchronized BatchNorm, gradient all-reduce) on a machine without accelerators.
 """
 
 import os
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Subprocesses (recipes, workers, serving checks) import this checkout's package,
@@ -114,3 +115,45 @@ def assert_replicas_match_one_replica(build, num_replicas, views, labels=None):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
     # The weights did move: the comparison is not between two untouched models.
     assert np.abs(ref_w[0][1] - init[0]).max() > 1e-3
+
+
+#: Python source for the start of a subprocess that must work without this package and
+#: without Keras, as TF Serving does: both become unimportable (checked), then numpy and
+#: tensorflow are imported.
+NO_KERAS_PRELUDE = textwrap.dedent(
+    """
+    import importlib.abc, importlib.machinery, json, os, sys
+
+    def _blocked(name):
+        return name == "keras" or name.startswith("keras.")
+
+    class _Refuse(importlib.abc.Loader):
+        def create_module(self, spec):
+            raise ImportError(f"import of {spec.name!r} blocked by the test")
+
+        def exec_module(self, module):
+            raise ImportError("unreachable")
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.startswith("keras_contrastive"):
+                raise ImportError(f"import of {name!r} blocked by the test")
+            if _blocked(name):
+                return importlib.machinery.ModuleSpec(name, _Refuse())
+            return None
+
+    sys.meta_path.insert(0, _Block())
+
+    import numpy as np
+    import tensorflow as tf
+
+    for name in ("keras", "keras_contrastive", "keras.src.export"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{name} was importable: the test is broken")
+
+    """
+)

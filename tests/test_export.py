@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import NO_KERAS_PRELUDE
 from keras_contrastive import export
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,41 +146,8 @@ def test_exports_encoder_of_trainer(encoder, tmp_path):
 # `import keras.src.optimizers` inside `try/except ImportError`. So `find_spec`
 # must not raise for `keras`: it returns a spec whose loader raises
 # ImportError, which to TensorFlow looks exactly like keras not installed.
-_LOAD_WITHOUT_KERAS = textwrap.dedent(
+_LOAD_WITHOUT_KERAS = NO_KERAS_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, importlib.machinery, os, sys
-
-    def _blocked(name):
-        return name == "keras" or name.startswith("keras.")
-
-    class _Refuse(importlib.abc.Loader):
-        def create_module(self, spec):
-            raise ImportError(f"import of {spec.name!r} blocked by the test")
-
-        def exec_module(self, module):
-            raise ImportError("unreachable")
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.startswith("keras_contrastive"):
-                raise ImportError(f"import of {name!r} blocked by the test")
-            if _blocked(name):
-                return importlib.machinery.ModuleSpec(name, _Refuse())
-            return None
-
-    sys.meta_path.insert(0, _Block())
-
-    import numpy as np
-    import tensorflow as tf
-
-    for name in ("keras", "keras_contrastive", "keras.src.export"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{name} was importable: the test is broken")
-
     data_dir, path = sys.argv[1], sys.argv[2]
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]

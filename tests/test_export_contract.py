@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import keras_contrastive as kc
+from conftest import NO_KERAS_PRELUDE
 from conftest import random_views
 from conftest import train
 
@@ -104,41 +105,8 @@ def exported(encoder, tmp_path_factory):
 # found at all. Then the SignatureDef is served the way TF Serving does:
 # a TF1 Session, `loader.load(sess, ["serve"], dir)`, tensor names read from
 # the MetaGraphDef, `sess.run`.
-_SESSION_SERVER = textwrap.dedent(
+_SESSION_SERVER = NO_KERAS_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, importlib.machinery, json, os, sys
-
-    def _blocked(name):
-        return name == "keras" or name.startswith("keras.") or name.startswith("keras_contrastive")
-
-    class _Refuse(importlib.abc.Loader):
-        def create_module(self, spec):
-            raise ImportError(f"import of {spec.name!r} blocked by the test")
-
-        def exec_module(self, module):
-            raise ImportError("unreachable")
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.startswith("keras_contrastive"):
-                raise ImportError(f"import of {name!r} blocked by the test")
-            if _blocked(name):
-                return importlib.machinery.ModuleSpec(name, _Refuse())
-            return None
-
-    sys.meta_path.insert(0, _Block())
-
-    import numpy as np
-    import tensorflow as tf
-
-    for name in ("keras", "keras_contrastive", "keras.src.export"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{name} was importable: the test is broken")
-
     data_dir, version_dir, names = sys.argv[1], sys.argv[2], sys.argv[3:]
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
