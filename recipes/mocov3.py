@@ -25,7 +25,6 @@ checkpoints, kNN at the end, and the query backbone exported under --export_dir.
 import argparse
 
 import common
-import keras
 
 import keras_contrastive as kc
 

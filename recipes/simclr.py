@@ -24,7 +24,6 @@ exported as a versioned SavedModel under --export_dir.
 import argparse
 
 import common
-import keras
 
 import keras_contrastive as kc
 

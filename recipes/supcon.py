@@ -19,7 +19,6 @@ budget: classifier 0.825, linear probe on its encoder 0.866).
 import argparse
 
 import common
-import keras
 
 import keras_contrastive as kc
 
