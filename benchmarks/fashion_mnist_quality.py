@@ -42,6 +42,13 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--skip_baselines", action="store_true")
     parser.add_argument("--no_zero_init_residual", action="store_true", help="torchvision's ResNet init")
+    parser.add_argument(
+        "--head_hidden_bn",
+        type=int,
+        default=0,
+        help="projection head Dense(N) -> BN -> ReLU -> Dense(128) (lightly's SimCLRProjectionHead shape) "
+        "instead of SimCLR v1's Dense(128) -> ReLU -> Dense(128)",
+    )
     args = parser.parse_args()
 
     x_train, y_train = kc.data.load_arrays("fashion_mnist", "train", image_size=32, channels=3)
@@ -67,7 +74,11 @@ def main():
     augmenter = kc.augment.SimCLRAugmenter(
         32, crop_area=(0.2, 1.0), color_jitter_strength=0.5, grayscale_probability=0.0, blur=False, seed=0
     )
-    model = kc.SimCLR(encoder(), augmenter, temperature=0.5, head_version=1)
+    head, name = None, f"keras_contrastive SimCLR ({args.epochs} epochs)"
+    if args.head_hidden_bn:
+        head = kc.heads.ProjectionHead([args.head_hidden_bn], 128, batch_norm=True, name="projection_head")
+        name = f"keras_contrastive SimCLR, BN head {args.head_hidden_bn} ({args.epochs} epochs)"
+    model = kc.SimCLR(encoder(), augmenter, temperature=0.5, head_version=1, projection_head=head)
     model.compile(optimizer=sgd())
     views = model.views_dataset(
         kc.data.load("fashion_mnist", "train", image_size=32, channels=3),
@@ -75,7 +86,7 @@ def main():
     )
     start = time.perf_counter()
     model.fit(views, epochs=args.epochs, steps_per_epoch=steps, verbose=0)
-    evaluate(f"keras_contrastive SimCLR ({args.epochs} epochs)", model.encoder, data, time.perf_counter() - start)
+    evaluate(name, model.encoder, data, time.perf_counter() - start)
 
     if not args.skip_baselines:
         # Supervised cross-entropy, same encoder, epochs and optimizer.

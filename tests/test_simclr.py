@@ -164,3 +164,22 @@ def test_an_unsynchronized_encoder_under_several_replicas_warns():
             kc.SimCLR(tiny_encoder(synchronized_bn=False), projection_dim=4)
         model = kc.SimCLR(tiny_encoder(synchronized_bn=True), projection_dim=4)
     assert model.synchronized_bn is True  # the head follows the replica count
+
+
+def test_a_custom_projection_head_is_trained_and_saved(tmp_path):
+    head = kc.heads.ProjectionHead([16], 4, batch_norm=True, name="projection_head")
+    model = kc.SimCLR(tiny_encoder(synchronized_bn=False), temperature=0.5, projection_head=head)
+    assert model.projection_head is head
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = [w.copy() for w in head.get_weights()]
+    history = train(model, random_views(32), steps=2)
+    assert np.isfinite(history["loss"]).all()
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, head.get_weights()))  # the head trains
+    path = str(tmp_path / "simclr.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [l.name for l in loaded.projection_head.blocks[0]] == ["dense0", "bn0", "relu0"]
+    features = np.random.default_rng(0).random((5, 8)).astype("float32")
+    np.testing.assert_allclose(loaded.projection_head(features), head(features), atol=1e-6)
+    with pytest.raises(ValueError, match="projection_head"):
+        kc.SimCLR(tiny_encoder(synchronized_bn=False), projection_head=lambda x: x)

@@ -31,6 +31,12 @@ class SimCLR(ContrastiveTrainer):
             default) synchronizes under a strategy with several replicas.
         num_classes: int or None. Online linear probe. Defaults to None.
         seed: int. In-step augmentation seed. Defaults to 0.
+        projection_head: a layer `[batch, feature_dim]` -> `[batch, dim]`, or
+            None. Replaces the head that `head_version`,
+            `projection_dim`, `projection_hidden_dim` and `synchronized_bn`
+            describe (e.g. `kc.heads.ProjectionHead([2048], 128,
+            batch_norm=True)`). It must be serializable to save the model.
+            Defaults to None.
 
     Inputs to `fit`: views `[batch, 2, H, W, C]` (from `model.views_dataset`)
     or raw images `[batch, H, W, C]`, optionally with labels `[batch]`.
@@ -65,6 +71,7 @@ class SimCLR(ContrastiveTrainer):
         synchronized_bn=None,
         num_classes=None,
         seed=0,
+        projection_head=None,
         **kwargs,
     ):
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -76,10 +83,15 @@ class SimCLR(ContrastiveTrainer):
         self.head_version = head_version
         self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
         synchronized_bn = self.synchronized_bn
-        self.projection_head = heads.simclr_projection_head(
-            head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
-        )
-        self.projection_head.build((None, self.feature_dim))
+        if projection_head is None:
+            projection_head = heads.simclr_projection_head(
+                head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
+            )
+        elif not isinstance(projection_head, keras.layers.Layer):
+            raise ValueError(f"`projection_head` must be a Keras layer or None; got {type(projection_head).__name__}.")
+        self.projection_head = projection_head
+        if not self.projection_head.built:
+            self.projection_head.build((None, self.feature_dim))
         self._track("contrastive_accuracy")
         self.built = True
 
@@ -99,5 +111,13 @@ class SimCLR(ContrastiveTrainer):
             projection_hidden_dim=self.projection_hidden_dim,
             head_version=self.head_version,
             synchronized_bn=self.synchronized_bn,
+            projection_head=keras.saving.serialize_keras_object(self.projection_head),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("projection_head") is not None:
+            config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
+        return super().from_config(config)
