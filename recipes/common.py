@@ -185,6 +185,23 @@ def fit(args, model, views, steps_per_epoch, backup_callback=None, sample_views=
     )
 
 
+def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True):
+    """Trains a contrastive trainer on augmented views of `dataset`, resuming a killed run.
+
+    The views pipeline starts at the step of the last backup, so that a run
+    started again with the same command continues with the batches the
+    killed one would have seen next; TensorBoard's sample views come from a
+    pipeline of their own (see `fit`).
+    """
+    backup_callback = backup(args)
+    views = model.views_dataset(
+        dataset, args.batch_size, shuffle_buffer=shuffle_buffer, seed=args.seed, repeat=repeat,
+        start_batch=backup_callback.resume_step,
+    )
+    samples = model.views_dataset(dataset, 8, seed=args.seed)
+    return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
+
+
 def evaluate_frozen(args, encoder, train_arrays, test_arrays):
     """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split."""
     (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays

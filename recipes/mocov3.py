@@ -68,15 +68,8 @@ def main(argv=None):
         # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
-    # 5. Input pipeline and training.
-    # A killed run started again with the same command resumes from its last backup,
-    # and its input pipeline continues with the batches it would have seen next.
-    backup = common.backup(args)
-    views = model.views_dataset(
-        train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True,
-        start_batch=backup.resume_step,
-    )
-    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
+    # 5. Train on shuffled, repeated views (a killed run started again resumes where it stopped).
+    common.fit_views(args, model, train, steps_per_epoch, shuffle_buffer=min(num_train, 20_000))
 
     # 6. Evaluate the frozen query backbone, then export it.
     _, test_arrays = common.load_split(args, "test")

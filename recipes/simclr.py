@@ -60,23 +60,15 @@ def main(argv=None):
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
-    # 5. Input pipeline: shuffled, repeated, augmented views with a static batch size.
-    # A killed run started again with the same command resumes from its last backup,
-    # and its input pipeline continues with the batches it would have seen next.
-    backup = common.backup(args)
-    views = model.views_dataset(
-        train, args.batch_size, shuffle_buffer=min(num_train, 20_000), seed=args.seed, repeat=True,
-        start_batch=backup.resume_step,
-    )
+    # 5. Train on shuffled, repeated views with a static batch size, with logs, view pairs,
+    #    checkpoints and backups (a killed run started again resumes where it stopped).
+    common.fit_views(args, model, train, steps_per_epoch, shuffle_buffer=min(num_train, 20_000))
 
-    # 6. Train, with logs, view pairs, backups and checkpoints.
-    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
-
-    # 7. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features.
+    # 6. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features.
     _, test_arrays = common.load_split(args, "test")
     results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
 
-    # 8. Export the encoder (no projection head) for TF Serving and downstream use.
+    # 7. Export the encoder (no projection head) for TF Serving and downstream use.
     return common.export_and_save_results(args, model, "SimCLR", "recipes/simclr.py", results)
 
 

@@ -64,18 +64,11 @@ def main(argv=None):
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
-    # A killed run started again with the same command resumes from its last backup,
-    # and its input pipeline continues with the batches it would have seen next.
-    backup = common.backup(args)
-    views = model.views_dataset(
-        train,
-        args.batch_size,
-        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000),
-        seed=args.seed,
-        repeat=not args.class_balanced,
-        start_batch=backup.resume_step,
+    # Train (a killed run started again resumes where it stopped).
+    common.fit_views(
+        args, model, train, steps_per_epoch,
+        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000), repeat=not args.class_balanced,
     )
-    common.fit(args, model, views, steps_per_epoch, backup, sample_views=model.views_dataset(train, 8, seed=args.seed))
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).
     _, test_arrays = common.load_split(args, "test")
