@@ -263,6 +263,30 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     return replicas * local_sum / ops.maximum(global_count, 1.0)
 
 
+def multiview_nt_xent(features, temperature=0.5):
+    """NT-Xent over any number of views per image: SupCon's L_out without labels.
+
+    For V views of N images (VN anchors), anchor i's positives P(i) are the
+    V - 1 other views of its image and its candidates every view but itself:
+
+        l_i = -1 / (V - 1) * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
+
+    averaged over all anchors. The other views of an image are never its
+    negatives. With V = 2 it equals `nt_xent`; it is `supcon(features,
+    labels=None, temperature, base_temperature=temperature)` (Khosla et al.
+    2020, eq. 2, with every image its own class).
+
+    Args:
+        features: Tensor `[batch, views, dim]`; L2-normalized here.
+        temperature: float > 0. Defaults to 0.5.
+
+    Returns:
+        float32 scalar (float64 for float64 features): the mean over this
+        replica's anchors, negatives from all replicas.
+    """
+    return supcon(features, None, temperature=temperature, base_temperature=temperature)
+
+
 def info_nce(query, key, temperature=0.2):
     """MoCo v3's InfoNCE: cross-entropy of `q k^T / t` against the matching key, times 2t.
 

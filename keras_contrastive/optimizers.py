@@ -128,6 +128,101 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+WEIGHT_DECAY_TYPES = ("coupled", "decoupled")
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class SGD(keras.optimizers.SGD):
+    """Keras' SGD with a choice of coupled (PyTorch) or decoupled (Keras) weight decay.
+
+    The two forms users know under the one name "weight decay" differ by about
+    `1 / (1 - momentum)` in strength (10x at momentum 0.9), so the form is an
+    explicit argument:
+
+    * `"coupled"`: an L2 penalty's gradient, `g <- g + weight_decay * w`, added
+      before the momentum buffer, as PyTorch's `torch.optim.SGD` and the LARS of
+      SimCLR's reference code. This is what a PyTorch recipe's
+      `weight_decay=5e-4` means.
+    * `"decoupled"`: Keras' own, `w <- w - learning_rate * weight_decay * w`
+      just before the step, outside the momentum (Loshchilov & Hutter's SGDW).
+
+    Keras' SGD has only the decoupled form, hence this subclass; both forms
+    honour Keras' `exclude_from_weight_decay(...)` and, with
+    `exclude_bias_and_norm`, skip every variable of rank <= 1 (biases and
+    BatchNorm parameters, excluded by SimCLR, MoCo v3 and BYOL).
+
+    Args:
+        learning_rate: float or `LearningRateSchedule`. Defaults to 0.01.
+        momentum: float in [0, 1]. Defaults to 0.9.
+        nesterov: bool. Defaults to False.
+        weight_decay: float >= 0. Defaults to 0.0.
+        weight_decay_type: str. `"coupled"` or `"decoupled"`. Defaults to
+            `"coupled"` (PyTorch's meaning of the number).
+        exclude_bias_and_norm: bool. No decay on rank <= 1 variables.
+            Defaults to False (PyTorch's SGD decays every parameter).
+        **kwargs: the base `keras.optimizers.Optimizer` arguments.
+
+    Example:
+
+    >>> opt = SGD(0.12, momentum=0.9, weight_decay=5e-4, weight_decay_type="coupled")
+
+    References:
+        Loshchilov, Hutter. Decoupled Weight Decay Regularization. ICLR 2019.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        weight_decay_type="coupled",
+        exclude_bias_and_norm=False,
+        name="SGD",
+        **kwargs,
+    ):
+        if weight_decay_type not in WEIGHT_DECAY_TYPES:
+            raise ValueError(
+                f"`weight_decay_type` must be one of {WEIGHT_DECAY_TYPES}; got {weight_decay_type!r}. "
+                "'coupled' adds weight_decay * w to the gradient (PyTorch SGD); 'decoupled' shrinks w "
+                "outside the momentum (Keras, AdamW)."
+            )
+        weight_decay = float(weight_decay or 0.0)
+        if weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay}.")
+        decoupled = weight_decay if (weight_decay_type == "decoupled" and weight_decay > 0) else None
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=float(momentum),
+            nesterov=nesterov,
+            weight_decay=decoupled,
+            name=name,
+            **kwargs,
+        )
+        self.weight_decay_type = weight_decay_type
+        self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
+        self.coupled_weight_decay = weight_decay if weight_decay_type == "coupled" else 0.0
+
+    def _use_weight_decay(self, variable):
+        if self.exclude_bias_and_norm and len(variable.shape) <= 1:
+            return False
+        return super()._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.coupled_weight_decay and self._use_weight_decay(variable):
+            gradient = ops.cast(gradient, variable.dtype) + ops.cast(self.coupled_weight_decay, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            weight_decay=self.coupled_weight_decay or (self.weight_decay or 0.0),
+            weight_decay_type=self.weight_decay_type,
+            exclude_bias_and_norm=self.exclude_bias_and_norm,
+        )
+        return config
+
+
 def scale_learning_rate(base_learning_rate, batch_size, rule="linear"):
     """Learning rate for a global batch size.
 

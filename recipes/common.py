@@ -60,6 +60,13 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--learning_rate", type=float, default=learning_rate, help="base rate, scaled by --lr_scaling")
     p.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt"])
     p.add_argument("--weight_decay", type=float, default=1e-6)
+    p.add_argument(
+        "--weight_decay_type",
+        default="auto",
+        choices=["auto", *kc.optimizers.WEIGHT_DECAY_TYPES],
+        help="coupled: weight_decay * w added to the gradient before momentum (PyTorch's SGD, SimCLR's LARS); "
+        "decoupled: w shrunk outside the momentum (Keras' SGD, AdamW). auto: coupled for lars/sgd, decoupled for adamw",
+    )
     p.add_argument("--warmup_epochs", type=float, default=0.2)
     p.add_argument("--knn_k", type=int, default=200)
     p.add_argument("--linear_probe_epochs", type=int, default=30, help="0 skips the linear probe")
@@ -126,11 +133,18 @@ def schedule_and_optimizer(args, steps_per_epoch, exclude_names=()):
     peak = kc.optimizers.scale_learning_rate(args.learning_rate, args.batch_size, args.lr_scaling)
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
     schedule = kc.optimizers.warmup_cosine(peak, total_steps, warmup)
+    decay_type = args.weight_decay_type
+    if decay_type == "auto":
+        decay_type = "decoupled" if args.optimizer == "adamw" else "coupled"
     if args.optimizer == "lars":
+        if decay_type != "coupled":
+            raise SystemExit("--optimizer lars decays coupled (inside the trust ratio); use --weight_decay_type coupled.")
         return kc.optimizers.LARS(schedule, momentum=0.9, weight_decay=args.weight_decay, exclude_names=list(exclude_names))
     if args.optimizer == "adamw":
+        if decay_type != "decoupled":
+            raise SystemExit("--optimizer adamw decays decoupled; use --optimizer sgd for coupled decay.")
         return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
-    return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay)
+    return kc.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay, weight_decay_type=decay_type)
 
 
 def backup(args):

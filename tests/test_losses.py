@@ -29,6 +29,29 @@ def test_nt_xent_matches_numpy(temperature, n, dim, rng):
     np.testing.assert_allclose(got, nt_xent_numpy(z1, z2, temperature), rtol=1e-5)
 
 
+def multiview_nt_xent_numpy(z, temperature):
+    """Independent float64 multi-view NT-Xent: anchor (i, v) against its V - 1 other views, looped."""
+    n, num_views, _ = z.shape
+    z = z.astype("float64") / np.linalg.norm(z, axis=2, keepdims=True)
+    flat = [(i, v) for v in range(num_views) for i in range(n)]
+    total = 0.0
+    for i, v in flat:
+        sims = {(j, w): float(z[i, v] @ z[j, w]) / temperature for j, w in flat if (j, w) != (i, v)}
+        log_denominator = np.log(np.sum(np.exp(list(sims.values()))))
+        positives = [sims[(i, w)] - log_denominator for w in range(num_views) if w != v]
+        total += -np.mean(positives)
+    return total / len(flat)
+
+
+@pytest.mark.parametrize("num_views", [2, 3, 4])
+def test_multiview_nt_xent_matches_numpy(num_views, rng):
+    z = rng.normal(size=(6, num_views, 5)).astype("float32")
+    got = float(losses.multiview_nt_xent(z, 0.3))
+    np.testing.assert_allclose(got, multiview_nt_xent_numpy(z, 0.3), rtol=1e-5)
+    if num_views == 2:
+        np.testing.assert_allclose(got, nt_xent_numpy(z[:, 0], z[:, 1], 0.3), rtol=1e-5)
+
+
 def test_identical_embeddings_give_log_2n_minus_1():
     z = np.ones((6, 4), "float32")
     np.testing.assert_allclose(float(losses.nt_xent(z, z, 0.3)), np.log(11), rtol=1e-6)

@@ -18,11 +18,37 @@ def build(strategy, encoder=None, total_steps=10, **kwargs):
 
 
 def branch_weights(model):
-    return [w.numpy().copy() for w in model.momentum_encoder.trainable_weights + model.momentum_projector.trainable_weights]
+    return [key.numpy().copy() for key, _ in model.momentum_pairs()]
 
 
 def query_weights(model):
     return [w.numpy().copy() for w in model.encoder.trainable_weights + model.projector.trainable_weights]
+
+
+def test_optimizer_keeps_no_state_for_the_momentum_branch(tmp_path):
+    """AdamW builds its slots on the query branch only; a weights file (backup) carries none for the keys."""
+    model = build(cpu_strategy(1), num_classes=3)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1))
+    train(model, random_views(16), np.arange(16) % 3, steps=1)
+    keys = {id(v) for v in model.momentum_encoder.weights + model.momentum_projector.weights}
+    tracked = model.optimizer._trainable_variables
+    assert not keys & {id(v) for v in tracked}
+    query = model.encoder.trainable_weights + model.projector.trainable_weights
+    query += model.predictor.trainable_weights + model.probe.trainable_weights
+    assert {id(v) for v in tracked} == {id(v) for v in query}
+    # iterations + learning rate + two Adam moments per query variable
+    assert len(model.optimizer.variables) == 2 + 2 * len(query)
+    assert all(not v.trainable for v in model.momentum_encoder.weights)
+    with pytest.raises(ValueError, match="2 views"):
+        kc.MoCoV3(tiny_encoder(), num_views=3)
+
+
+def test_momentum_pairs_cover_every_trainable_query_weight():
+    model = build(cpu_strategy(1))
+    pairs = model.momentum_pairs()
+    query = model.encoder.trainable_weights + model.projector.trainable_weights
+    assert [id(q) for _, q in pairs] == [id(q) for q in query]
+    assert all(k.shape == q.shape and k is not q for k, q in pairs)
 
 
 def test_branches_start_equal_and_the_key_branch_gets_no_gradient():

@@ -63,6 +63,23 @@ def test_online_probe_does_not_change_encoder_gradients():
     assert np.abs(probed.probe.kernel.numpy() - probe_before).max() > 0
 
 
+def test_three_views_train_on_multiview_nt_xent():
+    """Every other view of an image is a positive: the loss is multi-view NT-Xent, not two halves."""
+    model = kc.SimCLR(tiny_encoder(), temperature=0.2, projection_dim=8, num_views=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    views = random_views(8, num_views=3)
+    logs = model.evaluate(views, batch_size=8, verbose=0, return_dict=True)
+    feats = model.encoder(np.concatenate([views[:, v] for v in range(3)]), training=False)
+    z = model.projection_head(feats, training=False).numpy()
+    stacked = np.stack([z[:8], z[8:16], z[16:]], axis=1)
+    from test_losses import multiview_nt_xent_numpy
+
+    np.testing.assert_allclose(logs["loss"], multiview_nt_xent_numpy(stacked, 0.2), rtol=1e-5)
+    assert model.get_config()["num_views"] == 3 and "contrastive_accuracy" not in logs
+    hist = train(model, random_views(16, num_views=3), steps=2)
+    assert np.all(np.isfinite(hist["loss"]))
+
+
 def test_jit_compile_step_runs():
     model = build(cpu_strategy(1), jit_compile=True)
     hist = train(model, random_views(32), steps=2)

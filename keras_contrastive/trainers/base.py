@@ -222,8 +222,68 @@ class ContrastiveTrainer(keras.Model):
             f"got shape {x.shape}."
         )
 
+    def regularized_layers(self):
+        """The layers whose `losses` (weight and activity regularizers) join the loss.
+
+        Every sub-layer by default; MoCo v3 leaves out its momentum branch,
+        which is an average of the query branch and is never optimized.
+        """
+        return [self]
+
+    def regularization_loss(self):
+        """Sum of the `losses` of `regularized_layers()` from the current forward pass: a float32 scalar.
+
+        Kernel/bias regularizers are evaluated on the current weights;
+        activity regularizers are the ones recorded by the calls of this
+        step (`_forward` runs inside one Keras call context, so a layer
+        called once per view keeps the losses of every call).
+        """
+        penalties = [at_least_float32(ops.sum(loss)) for layer in self.regularized_layers() for loss in layer.losses]
+        if not penalties:
+            return None
+        return ops.sum(ops.stack(penalties))
+
+    def _check_probe_labels(self, y):
+        """Labels for the online probe must lie in [0, num_classes): checked in the graph."""
+        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        if not self.num_classes:
+            return labels
+        message = (
+            f"Labels for the online probe must be integers in [0, {self.num_classes}) "
+            f"(num_classes={self.num_classes}); pass num_classes = the number of classes "
+            "or num_classes=None to train without the probe."
+        )
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_non_negative(labels, message=message),
+                tf.debugging.assert_less(labels, self.num_classes, message=message),
+            ]
+        ):
+            return tf.identity(labels)
+
     def _forward(self, data, training):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # One Keras call context around the whole forward pass (as
+        # `Layer.__call__` opens for a model called as a whole): a sub-layer's
+        # activity-regularization losses are otherwise cleared each time it
+        # is called again (once per view), leaving only the last view's.
+        # `_get_call_context` / `_maybe_reset_call_context` are Keras 3.15's.
+        self._get_call_context()
+        try:
+            return self._forward_in_context(data, training)
+        finally:
+            self._maybe_reset_call_context()
+
+    def _forward_in_context(self, data, training):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not take sample weights: a contrastive loss couples every "
+                "example of the batch (each is a negative of all others), so a per-example weight has no "
+                "single meaning. Drop `sample_weight` (or the third element of the dataset's tuples); "
+                "to rebalance classes, resample the data, e.g. with kc.data.class_balanced."
+            )
+        if y is not None and self.probe is not None:
+            y = self._check_probe_labels(y)
         views = self._to_views(x, training)
         if self.concatenate_views:
             # One encoder call on all views: BatchNorm statistics cover the 2N
@@ -233,6 +293,12 @@ class ContrastiveTrainer(keras.Model):
         else:
             features = [self.encoder(view, training=training) for view in views]
         loss, extra = self.contrastive_loss(features, y, training=training, views=views)
+        penalty = self.regularization_loss()
+        if penalty is not None:
+            # The model's own losses (kernel / activity regularizers of the
+            # encoder and heads), as Keras' `compute_loss` adds them; the
+            # reported `loss` includes them.
+            loss = loss + ops.cast(penalty, loss.dtype)
         probe_loss, probe_logits, probe_labels = None, None, None
         if self.probe is not None and y is not None:
             # stop_gradient: the probe learns from the features but never
@@ -304,6 +370,7 @@ class ContrastiveTrainer(keras.Model):
             "augmenter": _serialize(self.augmenter),
             "num_classes": self.num_classes,
             "seed": self.seed,
+            "num_views": self.num_views,
         }
 
     @classmethod

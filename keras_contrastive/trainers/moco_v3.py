@@ -90,6 +90,11 @@ class MoCoV3(ContrastiveTrainer):
             raise ValueError(f"`base_momentum` must be in [0, 1]; got {base_momentum!r}.")
         if total_steps is not None and int(total_steps) < 1:
             raise ValueError(f"`total_steps` must be a positive int or None; got {total_steps!r}.")
+        if kwargs.get("num_views", 2) != 2:
+            raise ValueError(
+                f"MoCo v3 is defined on 2 views (the symmetric loss q1-k2 + q2-k1); got "
+                f"num_views={kwargs['num_views']}. Use kc.SimCLR or kc.SupCon for more views."
+            )
         super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, **kwargs)
         self.temperature = float(temperature)
         self.base_momentum = float(base_momentum)
@@ -111,6 +116,13 @@ class MoCoV3(ContrastiveTrainer):
         self.predictor.build((None, self.projection_dim))
         self.momentum_encoder = _copy_of(encoder, "momentum_encoder")
         self.momentum_projector = _copy_of(self.projector, "momentum_projector", (None, self.feature_dim))
+        # The key branch is an average of the query branch, never optimized:
+        # its variables are marked non-trainable (the layers stay trainable,
+        # so its BatchNorm still normalizes by batch statistics), which keeps
+        # them out of `trainable_variables`, so the optimizer creates no slots
+        # for them and backups carry none.
+        for key in self.momentum_encoder.weights + self.momentum_projector.weights:
+            key.trainable = False
         self._track("momentum")
         self.built = True
 
@@ -126,6 +138,21 @@ class MoCoV3(ContrastiveTrainer):
     def optimized_variables(self):
         return self.query_variables
 
+    def momentum_pairs(self):
+        """`[(key_variable, query_variable)]`: each trainable query weight and its momentum copy.
+
+        The copies have the same structure, so weights pair by position; the
+        BatchNorm moving statistics (not trainable in the query branch) are
+        not averaged: each branch keeps its own, as in the reference code.
+        """
+        pairs = []
+        for key_model, query_model in ((self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)):
+            pairs += [(key, query) for key, query in zip(key_model.weights, query_model.weights) if query.trainable]
+        return pairs
+
+    def regularized_layers(self):
+        return [layer for layer in (self.encoder, self.projector, self.predictor, self.probe) if layer is not None]
+
     def momentum(self):
         """The current m: the cosine schedule at the optimizer's step (constant without total_steps)."""
         if self.total_steps is None or self.optimizer is None:
@@ -134,11 +161,8 @@ class MoCoV3(ContrastiveTrainer):
 
     def update_momentum_branch(self, momentum):
         """EMA of the query encoder + projector into the key branch (trainable weights only)."""
-        ema.ema_update(
-            self.momentum_encoder.trainable_weights + self.momentum_projector.trainable_weights,
-            self.encoder.trainable_weights + self.projector.trainable_weights,
-            momentum,
-        )
+        pairs = self.momentum_pairs()
+        ema.ema_update([key for key, _ in pairs], [query for _, query in pairs], momentum)
 
     def train_step(self, data):
         # As the reference code: the key branch moves before the forward pass

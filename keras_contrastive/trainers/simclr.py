@@ -37,12 +37,16 @@ class SimCLR(ContrastiveTrainer):
             describe (e.g. `kc.heads.ProjectionHead([2048], 128,
             batch_norm=True)`). It must be serializable to save the model.
             Defaults to None.
+        num_views: int >= 2. Views per image. With more than 2, every other
+            view of an image is a positive of each of its views (multi-view
+            NT-Xent, `kc.losses.multiview_nt_xent`). Defaults to 2.
 
-    Inputs to `fit`: views `[batch, 2, H, W, C]` (from `model.views_dataset`)
+    Inputs to `fit`: views `[batch, num_views, H, W, C]` (from `model.views_dataset`)
     or raw images `[batch, H, W, C]`, optionally with labels `[batch]`.
 
-    Metrics: `loss` (NT-Xent), `contrastive_accuracy` (top-1 of the positive
-    among the 2N - 1 candidates) and, with labels and `num_classes`,
+    Metrics: `loss` (NT-Xent plus any regularization losses of the encoder
+    and head), `contrastive_accuracy` (2 views: top-1 of the positive among
+    the 2N - 1 candidates) and, with labels and `num_classes`,
     `probe_loss` / `probe_accuracy`.
 
     Example:
@@ -72,11 +76,12 @@ class SimCLR(ContrastiveTrainer):
         num_classes=None,
         seed=0,
         projection_head=None,
+        num_views=2,
         **kwargs,
     ):
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"`temperature` must be a number > 0; got {temperature!r}.")
-        super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, **kwargs)
+        super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, num_views=num_views, **kwargs)
         self.temperature = float(temperature)
         self.projection_dim = int(projection_dim)
         self.projection_hidden_dim = projection_hidden_dim
@@ -92,11 +97,18 @@ class SimCLR(ContrastiveTrainer):
         self.projection_head = projection_head
         if not self.projection_head.built:
             self.projection_head.build((None, self.feature_dim))
-        self._track("contrastive_accuracy")
+        if self.num_views == 2:
+            self._track("contrastive_accuracy")
         self.built = True
 
     def contrastive_loss(self, features, labels, training, views):
         z = self.projection_head(ops.concatenate(features, axis=0), training=training)
+        if self.num_views > 2:
+            # Multi-view NT-Xent: every other view of the same image is a
+            # positive (SupCon's L_out with each image its own class and the
+            # loss scale 1), never a negative.
+            stacked = ops.stack(ops.split(z, self.num_views, axis=0), axis=1)  # [batch, views, dim]
+            return losses.multiview_nt_xent(stacked, self.temperature), {}
         z1, z2 = ops.split(z, 2, axis=0)
         logits, labels = losses.nt_xent_logits(z1, z2, self.temperature)
         loss = ops.mean(losses.cross_entropy_from_logits(logits, labels))

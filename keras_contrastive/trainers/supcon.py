@@ -96,7 +96,6 @@ class SupCon(ContrastiveTrainer):
             temperature=self.temperature,
             base_temperature=self.base_temperature,
             contrast_mode=self.contrast_mode,
-            num_views=self.num_views,
             projection_dim=self.projection_dim,
             projection_hidden_dim=self.projection_hidden_dim,
         )
