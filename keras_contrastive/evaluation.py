@@ -14,6 +14,22 @@ def _as_float_images(images):
     return tf.cast(images, tf.float32)
 
 
+def _check_class_labels(labels, num_classes, what):
+    """Integer class ids in [0, num_classes): a clear error instead of a silent one-hot of zeros."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError(f"{what} must be integer class ids; got dtype {labels.dtype} with fractional values.")
+    labels = labels.astype("int64")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what} must lie in [0, {num_classes}) for num_classes={num_classes}; got values from "
+            f"{labels.min()} to {labels.max()}. Pass num_classes = the number of classes, or map the "
+            "labels to 0..num_classes-1."
+        )
+    return labels.astype("int32")
+
+
 def extract_features(encoder, images, batch_size=512, verbose=1):
     """Runs a frozen encoder (inference mode) over images.
 
@@ -95,12 +111,13 @@ def knn_predict(train_features, train_labels, test_features, k=200, temperature=
     """
     if not temperature > 0:
         raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
+    train_labels = np.asarray(train_labels).reshape(-1)
     if len(train_labels) != len(train_features):
         raise ValueError(
             f"{len(train_features)} training features but {len(train_labels)} labels."
         )
     num_classes = int(num_classes or train_labels.max() + 1)
+    train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
     k = int(min(k, len(train_labels)))
     bank = tf.math.l2_normalize(tf.constant(train_features, tf.float32), axis=1)
     bank_labels = tf.constant(train_labels)
@@ -173,11 +190,13 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     """
     train_features = np.asarray(train_features, "float32")
     test_features = np.asarray(test_features, "float32")
-    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
-    test_labels = np.asarray(test_labels).astype("int32").reshape(-1)
+    train_labels = np.asarray(train_labels).reshape(-1)
+    test_labels = np.asarray(test_labels).reshape(-1)
     if len(train_labels) != len(train_features) or len(test_labels) != len(test_features):
         raise ValueError("Each feature array needs exactly one label per row.")
     num_classes = int(num_classes or max(train_labels.max(), test_labels.max()) + 1)
+    train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
+    test_labels = _check_class_labels(test_labels, num_classes, "Test labels")
     mean = train_features.mean(axis=0)
     std = train_features.std(axis=0) + 1e-6
     train_x = (train_features - mean) / std
@@ -196,3 +215,52 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     classifier.fit(train_x, train_labels, batch_size=batch_size, epochs=epochs, verbose=verbose)
     logits = classifier.predict(test_x, batch_size=4096, verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == test_labels))
+
+
+def evaluate_frozen(encoder, train, test, k=200, temperature=0.1, probe_epochs=30, num_classes=None, verbose=1):
+    """kNN and linear-probe accuracy of a frozen encoder, checking that it stayed frozen.
+
+    Extracts features of both splits in inference mode, scores the weighted
+    kNN (`knn_accuracy`) and a linear probe (`linear_probe`, 0 epochs skips
+    it), and compares every weight of the encoder (BatchNorm statistics
+    included) before and after, bit for bit, as MoCo v3's linear evaluation
+    does with its `sanity_check`: a probe that moved the encoder would
+    report fine-tuning as linear accuracy.
+
+    Args:
+        encoder: keras.Model (or a trainer: its `.encoder`).
+        train: `(images, labels)` arrays, the kNN bank and the probe's
+            training set.
+        test: `(images, labels)` arrays.
+        k: int. Defaults to 200.
+        temperature: float. kNN vote temperature. Defaults to 0.1.
+        probe_epochs: int. Defaults to 30.
+        num_classes: int or None. Defaults to the largest label + 1.
+        verbose: int. Defaults to 1.
+
+    Returns:
+        dict with `knn_accuracy` and (unless `probe_epochs=0`)
+        `linear_probe_accuracy`, floats in [0, 1].
+    """
+    encoder = getattr(encoder, "encoder", encoder)
+    before = [np.array(w) for w in encoder.get_weights()]
+    (x_train, y_train), (x_test, y_test) = train, test
+    f_train = extract_features(encoder, x_train, verbose=verbose)
+    f_test = extract_features(encoder, x_test, verbose=verbose)
+    results = {
+        "knn_accuracy": knn_accuracy(
+            f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
+        )
+    }
+    if probe_epochs:
+        results["linear_probe_accuracy"] = linear_probe(
+            f_train, y_train, f_test, y_test, num_classes=num_classes, epochs=probe_epochs, verbose=0
+        )
+    after = encoder.get_weights()
+    changed = [w.path for w, a, b in zip(encoder.weights, before, after) if not np.array_equal(a, b)]
+    if changed:
+        raise RuntimeError(
+            f"The encoder changed during frozen evaluation ({len(changed)} weights, e.g. {changed[:3]}); "
+            "features must be extracted in inference mode (training=False) from a frozen encoder."
+        )
+    return results

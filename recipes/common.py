@@ -217,19 +217,17 @@ def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True
 
 
 def evaluate_frozen(args, encoder, train_arrays, test_arrays):
-    """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split."""
+    """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split (weights checked unchanged)."""
     (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays
     if y_train is None or y_test is None or args.no_eval or not kc.distribute.is_chief():
         return {}
     print("Extracting features for the kNN bank and the test split...")
-    f_train = kc.evaluation.extract_features(encoder, x_train, verbose=args.verbose)
-    f_test = kc.evaluation.extract_features(encoder, x_test, verbose=args.verbose)
-    results = {"knn_accuracy": kc.evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=args.knn_k, verbose=args.verbose)}
+    results = kc.evaluation.evaluate_frozen(
+        encoder, (x_train, y_train), (x_test, y_test), k=args.knn_k, probe_epochs=args.linear_probe_epochs,
+        verbose=args.verbose,
+    )
     print(f"kNN accuracy (k={args.knn_k}, cosine, temperature 0.1): {results['knn_accuracy']:.4f}")
-    if args.linear_probe_epochs:
-        results["linear_probe_accuracy"] = kc.evaluation.linear_probe(
-            f_train, y_train, f_test, y_test, epochs=args.linear_probe_epochs, verbose=0
-        )
+    if "linear_probe_accuracy" in results:
         print(f"Linear probe accuracy: {results['linear_probe_accuracy']:.4f}")
     return results
 

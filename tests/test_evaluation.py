@@ -69,3 +69,54 @@ def test_extract_features_matches_direct_call_and_uses_inference_mode(rng):
     images = rng.integers(0, 256, (10, 8, 8, 1)).astype("uint8")
     feats = evaluation.extract_features(encoder, images, batch_size=3, verbose=0)
     np.testing.assert_allclose(feats, encoder(images / 255.0, training=False).numpy(), atol=1e-5)
+
+
+def _small_encoder():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x)
+
+
+class _DriftsWhenCalled(keras.layers.Layer):
+    """A layer that (wrongly) changes a weight even in inference mode."""
+
+    def build(self, input_shape):
+        self.counter = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x, training=None):
+        self.counter.assign_add(1.0)
+        return x
+
+
+def test_evaluate_frozen_scores_and_checks_the_encoder_is_unchanged(rng):
+    x = (rng.random((60, 8, 8, 1)) * 255).astype("uint8")
+    y = np.arange(60) % 3
+    encoder = _small_encoder()
+    before = [w.copy() for w in encoder.get_weights()]
+    results = evaluation.evaluate_frozen(encoder, (x[:40], y[:40]), (x[40:], y[40:]), k=5, probe_epochs=2, verbose=0)
+    features = evaluation.extract_features(encoder, x, verbose=0)
+    assert results["knn_accuracy"] == evaluation.knn_accuracy(features[:40], y[:40], features[40:], y[40:], k=5, verbose=0)
+    assert 0.0 <= results["linear_probe_accuracy"] <= 1.0
+    for a, b in zip(before, encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # An encoder that changes during evaluation is reported, not scored.
+    inputs = keras.Input((8, 8, 1))
+    drifting = keras.Model(inputs, _DriftsWhenCalled()(encoder(inputs)))
+    with pytest.raises(RuntimeError, match="changed during frozen evaluation"):
+        evaluation.evaluate_frozen(drifting, (x[:40], y[:40]), (x[40:], y[40:]), k=5, probe_epochs=0, verbose=0)
+
+
+def test_labels_out_of_range_are_clear_errors(rng):
+    f = rng.normal(size=(10, 4)).astype("float32")
+    y = np.arange(10) % 3
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        evaluation.linear_probe(f, y + 1, f, y, num_classes=3, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"Test labels must lie in \[0, 3\)"):
+        evaluation.linear_probe(f, y, f, -y - 1, num_classes=3, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
+        evaluation.knn_predict(f, y, f, k=3, num_classes=2)
+    with pytest.raises(ValueError, match="integer class ids"):
+        evaluation.linear_probe(f, y + 0.5, f, y, epochs=1, verbose=0)
