@@ -71,6 +71,40 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
+    """Raises on a NaN or Inf loss, saying at which step, at what learning rate, and what to change.
+
+    Keras' `TerminateOnNaN(raise_error=True)` with a message a user can act
+    on: a loss that turns NaN in the first steps of a contrastive run almost
+    always means a learning rate too large for the batch (or no warmup), so
+    the error names the step, the current learning rate and `hint` (the
+    recipes pass the flags to lower). It raises rather than stopping
+    gracefully, so that `BackupAndRestore` keeps the last finite backup.
+
+    Args:
+        hint: str or None. Appended to the error, e.g. "lower --learning_rate".
+            Defaults to a generic hint.
+    """
+
+    def __init__(self, hint=None):
+        super().__init__(raise_error=True)
+        self.hint = hint or (
+            "Lower the learning rate (e.g. 2-10x) or warm it up over more steps; check the inputs for NaN."
+        )
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(float(keras.ops.convert_to_numpy(loss))):
+            return
+        optimizer = self.model.optimizer
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        raise RuntimeError(
+            f"NaN or Inf loss encountered at batch {batch} (optimizer step {step}, learning rate {rate:.4g}). "
+            + self.hint
+        )
+
+
 _BACKUP_NAME = re.compile(r"^epoch(\d+)-batch(\d+)-step(\d+)\.weights\.h5$")
 
 

@@ -163,7 +163,11 @@ def callbacks(args, sample_views=None, backup_callback=None):
         backup_callback or backup(args),
         # Raise on a NaN loss rather than stop gracefully, which would end the
         # run normally and make the backup callback delete the last good backup.
-        keras.callbacks.TerminateOnNaN(raise_error=True),
+        kc.callbacks.TerminateOnNaN(
+            hint=f"With --learning_rate {args.learning_rate} (scaled to the batch by --lr_scaling {args.lr_scaling}): "
+            "lower --learning_rate, or raise --warmup_epochs; delete the run's backup directory under "
+            "--model_dir to start again rather than resume."
+        ),
     ]
     if not kc.distribute.is_chief():
         return result  # other workers of a multi-worker run write nothing
