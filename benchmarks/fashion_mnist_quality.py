@@ -1,101 +1,270 @@
-"""Representation quality on the real Fashion-MNIST, with the protocol of shared/BENCHMARKS.md.
+"""Representation quality on the real Fashion-MNIST: one command, one table.
 
-Run: python benchmarks/fashion_mnist_quality.py [--epochs 4] [--skip_baselines]
+Run:
+    python benchmarks/fashion_mnist_quality.py                      # every row (~1 hour on 2 cores)
+    python benchmarks/fashion_mnist_quality.py --rows simclr --weight_decay_type decoupled   # one ablation
+    python benchmarks/fashion_mnist_quality.py --results_md benchmarks/RESULTS.md            # also record it
 
-Protocol (the reference figures' protocol): images zero-padded to 32x32 and
-repeated to 3 channels; ResNet-18 CIFAR stem at width 0.25; 4 epochs at batch
-256; SGD lr 0.12, momentum 0.9, cosine to 0, weight decay 5e-4; temperature
-0.5; views: random resized crop (0.2-1), horizontal flip, brightness/contrast
-jitter 0.4 with p=0.8 (no grayscale, no blur). Frozen pooled features (before
-the projection head), scored on the 10k test split by weighted kNN (k=200,
-cosine, temperature 0.1, the 60k train features as bank) and a linear probe
-on standardized features. Prints one line per model with the training time.
+Rows (`--rows`, comma-separated):
+  pixels      raw pixels (the floor every encoder must clear)
+  random      the randomly initialized encoder
+  simclr      `kc.SimCLR` under the reference protocol below, with one knob per
+              flag for ablations against lightly's step
+  supervised  cross-entropy on the same encoder, epochs and optimizer (the ceiling)
+  recipe_simclr, recipe_mocov3, recipe_supcon, recipe_supervised
+              the recipes themselves (`recipes/<name>.py`), run as a user runs
+              them, with `--epochs` from `--recipe_epochs` (default: each recipe's own)
+
+Reference protocol (shared/BENCHMARKS.md, lightly's settings): images zero-padded to
+32x32 and repeated to 3 channels; ResNet-18 CIFAR stem at width 0.25; 4 epochs at
+batch 256; SGD lr 0.12, momentum 0.9, cosine to 0, weight decay 5e-4 (coupled, as
+PyTorch's SGD); temperature 0.5; views: random resized crop (0.2-1), horizontal flip,
+brightness/contrast jitter 0.4 with p=0.8 (no grayscale, no blur). Every row is scored
+the same way: frozen pooled features (before any projection head) of the 10k test
+split by weighted kNN (k=200, cosine, temperature 0.1, the 60k train features as the
+bank) and a linear probe on standardized features, through
+`kc.evaluation.evaluate_frozen`, which also checks that the encoder's weights are
+bit-identical before and after. Training rows report their wall time.
 """
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
 import time
 
-import numpy as np
 import keras
+import tensorflow as tf
 
 import keras_contrastive as kc
 
-
-def evaluate(name, encoder, data, seconds=None):
-    x_train, y_train, x_test, y_test = data
-    if encoder is None:  # raw pixels
-        f_train = x_train.reshape(len(x_train), -1).astype("float32") / 255.0
-        f_test = x_test.reshape(len(x_test), -1).astype("float32") / 255.0
-    else:
-        f_train = kc.evaluation.extract_features(encoder, x_train, verbose=0)
-        f_test = kc.evaluation.extract_features(encoder, x_test, verbose=0)
-    knn = kc.evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1, verbose=0)
-    probe = kc.evaluation.linear_probe(f_train, y_train, f_test, y_test, verbose=0)
-    took = "-" if seconds is None else f"{seconds:.0f} s"
-    print(f"{name:<44} kNN {knn:.2%}   linear probe {probe:.2%}   training {took}", flush=True)
-    return knn, probe
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = [
+    "pixels",
+    "random",
+    "simclr",
+    "supervised",
+    "recipe_simclr",
+    "recipe_mocov3",
+    "recipe_supcon",
+    "recipe_supervised",
+]
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--skip_baselines", action="store_true")
-    parser.add_argument("--no_zero_init_residual", action="store_true", help="torchvision's ResNet init")
-    parser.add_argument(
-        "--head_hidden_bn",
-        type=int,
-        default=0,
-        help="projection head Dense(N) -> BN -> ReLU -> Dense(128) (lightly's SimCLRProjectionHead shape) "
-        "instead of SimCLR v1's Dense(128) -> ReLU -> Dense(128)",
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--rows", default="pixels,random,simclr,supervised,recipe_simclr,recipe_mocov3,recipe_supcon,recipe_supervised"
     )
-    args = parser.parse_args()
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", default="", help="text added to the SimCLR row's name")
+    p.add_argument("--results_md", default=None, help="append the table to this markdown file")
+    p.add_argument("--recipe_epochs", type=int, default=None, help="--epochs for the recipe rows (default: theirs)")
+    p.add_argument(
+        "--recipe_args", default="", help="extra flags for every recipe row, e.g. '--precision mixed_bfloat16'"
+    )
+    # Ablation knobs of the simclr row (defaults: the reference protocol).
+    p.add_argument("--learning_rate", type=float, default=0.12)
+    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument(
+        "--weight_decay_type",
+        default="coupled",
+        choices=list(kc.optimizers.WEIGHT_DECAY_TYPES),
+        help="coupled: added to the gradient before momentum (PyTorch's SGD); decoupled: Keras' SGD",
+    )
+    p.add_argument("--exclude_bias_and_norm", action="store_true", help="no weight decay on rank <= 1 weights")
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--crop_min", type=float, default=0.2, help="smallest crop area fraction")
+    p.add_argument("--jitter", type=float, default=0.5, help="colour jitter strength s (0.5: brightness/contrast 0.4)")
+    p.add_argument("--zero_init_residual", action="store_true", help="SimCLR's ResNet init (torchvision's otherwise)")
+    p.add_argument(
+        "--head",
+        default="lightly",
+        choices=["lightly", "v1", "v2"],
+        help="lightly: Dense(d)-BN-ReLU-Dense(128) as lightly's SimCLRProjectionHead; v1/v2: SimCLR's heads",
+    )
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
+    return p.parse_args(argv)
 
+
+def load_data():
     x_train, y_train = kc.data.load_arrays("fashion_mnist", "train", image_size=32, channels=3)
     x_test, y_test = kc.data.load_arrays("fashion_mnist", "test", image_size=32, channels=3)
-    data = (x_train, y_train, x_test, y_test)
-    steps = len(x_train) // args.batch_size
+    return (x_train, y_train), (x_test, y_test)
 
-    def encoder():
-        keras.utils.set_random_seed(0)
-        return kc.encoders.ResNet18(
-            (32, 32, 3), stem="cifar", width_multiplier=0.25, zero_init_residual=not args.no_zero_init_residual
-        )
 
-    def sgd():
-        schedule = keras.optimizers.schedules.CosineDecay(0.12, args.epochs * steps)
-        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4)
-
-    if not args.skip_baselines:
-        evaluate("raw pixels", None, data)
-        evaluate("random-init encoder", encoder(), data)
-
-    # SimCLR with the protocol's views and optimizer.
-    augmenter = kc.augment.SimCLRAugmenter(
-        32, crop_area=(0.2, 1.0), color_jitter_strength=0.5, grayscale_probability=0.0, blur=False, seed=0
+def encoder(args):
+    keras.utils.set_random_seed(args.seed)
+    return kc.encoders.ResNet18(
+        (32, 32, 3), stem="cifar", width_multiplier=0.25, zero_init_residual=args.zero_init_residual
     )
-    head, name = None, f"keras_contrastive SimCLR ({args.epochs} epochs)"
-    if args.head_hidden_bn:
-        head = kc.heads.ProjectionHead([args.head_hidden_bn], 128, batch_norm=True, name="projection_head")
-        name = f"keras_contrastive SimCLR, BN head {args.head_hidden_bn} ({args.epochs} epochs)"
-    model = kc.SimCLR(encoder(), augmenter, temperature=0.5, head_version=1, projection_head=head)
-    model.compile(optimizer=sgd())
+
+
+def sgd(args, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    return kc.optimizers.SGD(
+        schedule,
+        momentum=0.9,
+        weight_decay=args.weight_decay,
+        weight_decay_type=args.weight_decay_type,
+        exclude_bias_and_norm=args.exclude_bias_and_norm,
+    )
+
+
+def pixels_row(args, train, test):
+    (x_train, y_train), (x_test, y_test) = train, test
+    f_train = x_train.reshape(len(x_train), -1).astype("float32") / 255.0
+    f_test = x_test.reshape(len(x_test), -1).astype("float32") / 255.0
+    return {
+        "knn_accuracy": kc.evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1, verbose=0),
+        "linear_probe_accuracy": kc.evaluation.linear_probe(f_train, y_train, f_test, y_test, verbose=0),
+    }
+
+
+def simclr_row(args, train, test):
+    augmenter = kc.augment.SimCLRAugmenter(
+        32,
+        crop_area=(args.crop_min, 1.0),
+        color_jitter_strength=args.jitter,
+        grayscale_probability=0.0,
+        blur=False,
+        seed=args.seed,
+    )
+    enc = encoder(args)
+    head = None
+    if args.head == "lightly":
+        dim = kc.encoders.feature_dim(enc)
+        head = kc.heads.ProjectionHead([dim], 128, batch_norm=True, name="projection_head")
+    model = kc.SimCLR(
+        enc, augmenter, temperature=args.temperature, head_version=2 if args.head == "v2" else 1, projection_head=head
+    )
+    steps = len(train[0]) // args.batch_size
+    model.compile(optimizer=sgd(args, args.epochs * steps))
     views = model.views_dataset(
         kc.data.load("fashion_mnist", "train", image_size=32, channels=3),
-        args.batch_size, shuffle_buffer=60_000, seed=0, repeat=True,
+        args.batch_size,
+        shuffle_buffer=60_000,
+        seed=args.seed,
+        repeat=True,
     )
     start = time.perf_counter()
     model.fit(views, epochs=args.epochs, steps_per_epoch=steps, verbose=0)
-    evaluate(name, model.encoder, data, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {**kc.evaluation.evaluate_frozen(model.encoder, train, test, verbose=0), "seconds": seconds}
 
-    if not args.skip_baselines:
-        # Supervised cross-entropy, same encoder, epochs and optimizer.
-        enc = encoder()
-        classifier = keras.Sequential([enc, keras.layers.Dense(10)])
-        classifier.compile(sgd(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+def supervised_row(args, train, test):
+    enc = encoder(args)
+    classifier = keras.Sequential([enc, keras.layers.Dense(10)])
+    steps = len(train[0]) // args.batch_size
+    classifier.compile(sgd(args, args.epochs * steps), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = time.perf_counter()
+    classifier.fit(train[0] / 255.0, train[1], batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+    seconds = time.perf_counter() - start
+    return {**kc.evaluation.evaluate_frozen(enc, train, test, verbose=0), "seconds": seconds}
+
+
+def recipe_row(args, name):
+    """Runs `recipes/<name>.py` in its own process as a user would; its results.json holds the figures."""
+    with tempfile.TemporaryDirectory() as model_dir:
+        command = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), "--model_dir", model_dir]
+        command += ["--no_export", "--verbose", "0", "--seed", str(args.seed)]
+        if args.recipe_epochs:
+            command += ["--epochs", str(args.recipe_epochs)]
+        command += shlex.split(args.recipe_args)
         start = time.perf_counter()
-        classifier.fit(x_train / 255.0, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
-        evaluate("supervised cross-entropy, same encoder", enc, data, time.perf_counter() - start)
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        with open(os.path.join(model_dir, "results.json")) as f:
+            results = json.load(f)
+    results["seconds"] = seconds
+    results["command"] = "python " + " ".join(["recipes/" + name + ".py", *command[2:]]).replace(model_dir, "<tmp>")
+    return results
+
+
+def row_name(args, row):
+    if row == "simclr":
+        name = f"keras_contrastive SimCLR, reference protocol ({args.epochs} epochs)"
+        return name + (f", {args.label}" if args.label else "")
+    return {
+        "pixels": "raw pixels",
+        "random": "random-init encoder",
+        "supervised": f"supervised cross-entropy, same encoder and optimizer ({args.epochs} epochs)",
+        "recipe_simclr": "recipes/simclr.py (the README's main job)",
+        "recipe_mocov3": "recipes/mocov3.py",
+        "recipe_supcon": "recipes/supcon.py (two stages)",
+        "recipe_supervised": "recipes/supervised.py (cross-entropy)",
+    }[row]
+
+
+def format_line(name, result):
+    other = ""
+    if "test_accuracy" in result:
+        other = f"   classifier {result['test_accuracy']:.2%}"
+    took = f"{result['seconds']:.0f} s" if "seconds" in result else "-"
+    return (
+        f"{name:<72} kNN {result['knn_accuracy']:.2%}   linear probe "
+        f"{result.get('linear_probe_accuracy', float('nan')):.2%}{other}   wall {took}"
+    )
+
+
+def write_markdown(path, args, results, argv):
+    versions = f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}"
+    lines = [
+        "",
+        f"### `benchmarks/fashion_mnist_quality.py`, {datetime.date.today().isoformat()}",
+        "",
+        f"Command: `python benchmarks/fashion_mnist_quality.py {' '.join(argv)}`; seed {args.seed}; {versions}; "
+        f"{os.cpu_count()} CPU cores.",
+        "",
+        "| row | kNN | linear probe | wall time |",
+        "|---|---|---|---|",
+    ]
+    for name, result in results:
+        took = f"{result['seconds']:.0f} s" if "seconds" in result else "-"
+        probe = result.get("linear_probe_accuracy")
+        probe = "-" if probe is None else f"{probe:.2%}"
+        lines.append(f"| {name} | {result['knn_accuracy']:.2%} | {probe} | {took} |")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"Unknown rows {unknown}; choose from {ROWS}.")
+    keras.mixed_precision.set_global_policy(args.precision)
+    train, test = load_data()
+    results = []
+    for row in rows:
+        if row == "pixels":
+            result = pixels_row(args, train, test)
+        elif row == "random":
+            result = kc.evaluation.evaluate_frozen(encoder(args), train, test, verbose=0)
+        elif row == "simclr":
+            result = simclr_row(args, train, test)
+        elif row == "supervised":
+            result = supervised_row(args, train, test)
+        else:
+            result = recipe_row(args, row[len("recipe_") :])
+        name = row_name(args, row)
+        print(format_line(name, result), flush=True)
+        results.append((name, result))
+    if args.results_md:
+        write_markdown(args.results_md, args, results, argv)
+    return results
 
 
 if __name__ == "__main__":
