@@ -19,8 +19,8 @@ augmentation inside the train step (`model.fit` on raw images).
 import argparse
 import time
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 import keras_contrastive as kc

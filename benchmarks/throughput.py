@@ -17,8 +17,8 @@ benchmarks/RESULTS.md; compare ratios, not absolute numbers, across runs.
 import argparse
 import time
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 import keras_contrastive as kc

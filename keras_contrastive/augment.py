@@ -73,9 +73,7 @@ def sample_crop_boxes(seed, batch, height, width, area=(0.08, 1.0), aspect_ratio
     s_area, s_ratio, s_y, s_x = tf.unstack(_split(seed, 4))
     shape = [batch, attempts]
     target_area = tf.random.stateless_uniform(shape, s_area, area[0], area[1])
-    log_ratio = tf.random.stateless_uniform(
-        shape, s_ratio, math.log(aspect_ratio[0]), math.log(aspect_ratio[1])
-    )
+    log_ratio = tf.random.stateless_uniform(shape, s_ratio, math.log(aspect_ratio[0]), math.log(aspect_ratio[1]))
     ratio = tf.exp(log_ratio)
     # Box size as fractions of the image side: area fraction a and aspect ratio
     # r = w / h in pixels give w_px = sqrt(a H W r), h_px = sqrt(a H W / r).
@@ -144,9 +142,7 @@ def random_resized_crop(seed, images, size, area=(0.08, 1.0), aspect_ratio=(3 / 
     Returns:
         float32 `[batch, size[0], size[1], C]`.
     """
-    boxes = sample_crop_boxes(
-        seed, tf.shape(images)[0], images.shape[1], images.shape[2], area, aspect_ratio, attempts
-    )
+    boxes = sample_crop_boxes(seed, tf.shape(images)[0], images.shape[1], images.shape[2], area, aspect_ratio, attempts)
     return crop_and_resize(images, boxes, size)
 
 
@@ -285,13 +281,9 @@ def gaussian_blur(images, sigma, kernel_size):
     kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [batch, k]
     height, width = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [radius, radius], [0, 0], [0, 0]])
-    rows = sum(
-        kernel[:, i, None, None, None] * padded[:, i : i + height] for i in range(2 * radius + 1)
-    )
+    rows = sum(kernel[:, i, None, None, None] * padded[:, i : i + height] for i in range(2 * radius + 1))
     padded = tf.pad(rows, [[0, 0], [0, 0], [radius, radius], [0, 0]])
-    return sum(
-        kernel[:, i, None, None, None] * padded[:, :, i : i + width] for i in range(2 * radius + 1)
-    )
+    return sum(kernel[:, i, None, None, None] * padded[:, :, i : i + width] for i in range(2 * radius + 1))
 
 
 def solarize(images, threshold=0.5):
@@ -304,9 +296,7 @@ def _to_float_images(images):
     if images.dtype == tf.uint8:
         return tf.cast(images, tf.float32) / 255.0
     if not images.dtype.is_floating:
-        raise ValueError(
-            f"Images must be uint8 in [0, 255] or float in [0, 1]; got dtype {images.dtype.name}."
-        )
+        raise ValueError(f"Images must be uint8 in [0, 255] or float in [0, 1]; got dtype {images.dtype.name}.")
     images = tf.debugging.check_numerics(tf.cast(images, tf.float32), "Images contain NaN or inf")
     # A cheap host-side check: float data in [0, 255] is the classic mistake.
     tf.debugging.assert_greater_equal(
@@ -466,9 +456,7 @@ class SimCLRAugmenter(keras.layers.Layer):
             "sigma": _uniform(s[5], batch, 0.1, 2.0),  # SimCLR's blur sigma range
             "solarize": _bernoulli(s[7], batch, self.solarize_probability),
         }
-        params.update(
-            sample_color_jitter(s[2], batch, self.color_jitter_strength, factors=self.color_jitter_factors)
-        )
+        params.update(sample_color_jitter(s[2], batch, self.color_jitter_strength, factors=self.color_jitter_factors))
         return params
 
     def transform(self, images, params):
@@ -495,8 +483,7 @@ class SimCLRAugmenter(keras.layers.Layer):
             return self.call(images[None], seed)[0]
         if images.shape.rank != 4:
             raise ValueError(
-                f"Expected images [batch, height, width, channels] (or one image [H, W, C]); "
-                f"got shape {images.shape}."
+                f"Expected images [batch, height, width, channels] (or one image [H, W, C]); got shape {images.shape}."
             )
         if images.shape[-1] not in (1, 3):
             raise ValueError(f"Expected 1 or 3 channels; got shape {images.shape}.")

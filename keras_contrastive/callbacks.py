@@ -196,7 +196,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 if self._readable(backup[3]):
                     self._chosen = backup
                     break
-                warnings.warn(f"Skipping the backup {backup[3]}: it cannot be read (corrupted or truncated).")
+                warnings.warn(
+                    f"Skipping the backup {backup[3]}: it cannot be read (corrupted or truncated).", stacklevel=2
+                )
         return self._chosen or None
 
     @property

@@ -45,9 +45,7 @@ _FASHION_MNIST_FILES = {
 }
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # "name" or "name[lo:hi]", each bound empty, an int or a percentage.
-_SPLIT_PATTERN = re.compile(
-    r"^\s*(\w+)\s*(?:\[\s*([^\]:]*?)\s*:\s*([^\]:]*?)\s*\])?\s*$"
-)
+_SPLIT_PATTERN = re.compile(r"^\s*(\w+)\s*(?:\[\s*([^\]:]*?)\s*:\s*([^\]:]*?)\s*\])?\s*$")
 _BOUND_PATTERN = re.compile(r"^(-?\d+)(%?)$")
 # Chunk size used when a dataset is materialised as numpy arrays: large
 # enough that per-batch overhead is negligible, small enough to stay cheap.
@@ -129,8 +127,7 @@ def load(
     channels = _standardize_channels(channels)
     if not isinstance(split, str):
         raise ValueError(
-            f"`split` must be a string such as 'train', 'test' or "
-            f"'train[:512]'. Received: split={split!r}"
+            f"`split` must be a string such as 'train', 'test' or 'train[:512]'. Received: split={split!r}"
         )
 
     if isinstance(name, (np.ndarray, tuple)):
@@ -139,9 +136,7 @@ def load(
         x = x[start:stop]
         y = None if y is None else y[start:stop]
         dataset = _dataset_from_arrays(x, y if labels else None)
-    elif isinstance(name, os.PathLike) or (
-        isinstance(name, str) and os.path.isdir(name)
-    ):
+    elif isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name)):
         dataset = _load_directory(
             pathlib.Path(name),
             split,
@@ -150,9 +145,7 @@ def load(
             same_size=image_size is None,
         )
     elif isinstance(name, str) and name == "fashion_mnist":
-        dataset = _load_fashion_mnist(
-            split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files
-        )
+        dataset = _load_fashion_mnist(split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files)
     elif isinstance(name, str):
         dataset = _load_tfds(
             name,
@@ -240,9 +233,7 @@ def load_arrays(name, split="train", **kwargs):
             "`image_size=...` to bring them to one size."
         ) from error
     if not xs:
-        raise ValueError(
-            f"Split {split!r} of {_describe(name)} contains no examples."
-        )
+        raise ValueError(f"Split {split!r} of {_describe(name)} contains no examples.")
     x = np.concatenate(xs, axis=0)
     y = np.concatenate(ys, axis=0) if has_labels else None
     return x, y
@@ -271,8 +262,7 @@ def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0):
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(
-            "class_balanced needs labels: `dataset` must yield (image, label) pairs; "
-            f"got elements {spec}."
+            f"class_balanced needs labels: `dataset` must yield (image, label) pairs; got elements {spec}."
         )
     num_classes = _check_int("num_classes", num_classes, minimum=2)
     streams = []
@@ -370,10 +360,7 @@ def contrastive_views(
     num_views = _check_int("num_views", num_views, minimum=1)
     seed = _check_int("seed", seed, minimum=-(2**31))
     if seed >= 2**31:
-        raise ValueError(
-            f"`seed` must fit in int32 (the stateless seed dtype). Received: "
-            f"seed={seed}"
-        )
+        raise ValueError(f"`seed` must fit in int32 (the stateless seed dtype). Received: seed={seed}")
     if shuffle_buffer is not None:
         shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, minimum=1)
     start_batch = _check_int("start_batch", start_batch, minimum=0)
@@ -411,12 +398,7 @@ def contrastive_views(
         )
 
     cardinality = int(dataset.cardinality())
-    if (
-        drop_remainder
-        and cardinality >= 0
-        and cardinality < batch_size
-        and (not repeat or cardinality == 0)
-    ):
+    if drop_remainder and cardinality >= 0 and cardinality < batch_size and (not repeat or cardinality == 0):
         raise ValueError(
             f"The dataset holds {cardinality} examples, fewer than "
             f"batch_size={batch_size}, so with drop_remainder=True it would "
@@ -487,31 +469,21 @@ def _describe(name):
 
 def _check_int(argument, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{argument}` must be an integer >= {minimum}. "
-            f"Received: {argument}={value!r}"
-        )
+        raise ValueError(f"`{argument}` must be an integer >= {minimum}. Received: {argument}={value!r}")
     if value < minimum:
-        raise ValueError(
-            f"`{argument}` must be >= {minimum}. Received: {argument}={value}"
-        )
+        raise ValueError(f"`{argument}` must be >= {minimum}. Received: {argument}={value}")
     return int(value)
 
 
 def _standardize_image_size(image_size):
     if image_size is None:
         return None
-    if isinstance(image_size, (int, np.integer)) and not isinstance(
-        image_size, bool
-    ):
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
     valid = (
         isinstance(image_size, (tuple, list))
         and len(image_size) == 2
-        and all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-            for s in image_size
-        )
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in image_size)
     )
     if not valid:
         raise ValueError(
@@ -570,25 +542,18 @@ def _split_bounds(split, bounds, num_examples):
         value, percent = int(match.group(1)), bool(match.group(2))
         if percent:
             if abs(value) > 100:
-                raise ValueError(
-                    f"Percentage {text!r} in split {split!r} is outside "
-                    "[-100%, 100%]."
-                )
+                raise ValueError(f"Percentage {text!r} in split {split!r} is outside [-100%, 100%].")
             # Round to the closest example, as TensorFlow Datasets does.
             magnitude = math.floor(abs(value) * num_examples / 100 + 0.5)
             value = -magnitude if value < 0 else magnitude
         elif abs(value) > num_examples:
             raise ValueError(
-                f"Index {value} in split {split!r} is out of range: the split "
-                f"has {num_examples} examples."
+                f"Index {value} in split {split!r} is out of range: the split has {num_examples} examples."
             )
         resolved.append(value + num_examples if value < 0 else value)
     start, stop = resolved
     if start >= stop:
-        raise ValueError(
-            f"Split {split!r} selects no examples (start {start} >= stop "
-            f"{stop}, out of {num_examples})."
-        )
+        raise ValueError(f"Split {split!r} selects no examples (start {start} >= stop {stop}, out of {num_examples}).")
     return start, stop
 
 
@@ -605,19 +570,14 @@ def _standardize_arrays(data):
     """Validates `x` or `(x, y)`; returns uint8 `[N, H, W, C]` and int32 `y`."""
     if isinstance(data, tuple):
         if len(data) != 2:
-            raise ValueError(
-                "A tuple source must be (images, labels). Received a tuple of "
-                f"length {len(data)}."
-            )
+            raise ValueError(f"A tuple source must be (images, labels). Received a tuple of length {len(data)}.")
         x, y = data
     else:
         x, y = data, None
     try:
         x = np.asarray(x)
     except Exception as error:
-        raise ValueError(
-            f"Could not convert the images to a numpy array: {error}"
-        ) from error
+        raise ValueError(f"Could not convert the images to a numpy array: {error}") from error
 
     if x.ndim not in (3, 4):
         raise ValueError(
@@ -666,21 +626,15 @@ def _standardize_arrays(data):
     try:
         y = np.asarray(y)
     except Exception as error:
-        raise ValueError(
-            f"Could not convert the labels to a numpy array: {error}"
-        ) from error
+        raise ValueError(f"Could not convert the labels to a numpy array: {error}") from error
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise ValueError(
-            f"Labels must have shape [N]. Received shape {y.shape}. For "
-            "one-hot labels, pass `y.argmax(-1)`."
+            f"Labels must have shape [N]. Received shape {y.shape}. For one-hot labels, pass `y.argmax(-1)`."
         )
     if len(y) != len(x):
-        raise ValueError(
-            f"Got {len(x)} images but {len(y)} labels. Pass exactly one "
-            "label per image."
-        )
+        raise ValueError(f"Got {len(x)} images but {len(y)} labels. Pass exactly one label per image.")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"Labels must be integers. Received dtype {y.dtype}. Convert "
@@ -689,9 +643,7 @@ def _standardize_arrays(data):
         )
     info = np.iinfo(np.int32)
     if y.min() < info.min or y.max() > info.max:
-        raise ValueError(
-            f"Labels must fit in int32. Found min {y.min()} and max {y.max()}."
-        )
+        raise ValueError(f"Labels must fit in int32. Found min {y.min()} and max {y.max()}.")
     return x, y.astype(np.int32)
 
 
@@ -733,13 +685,9 @@ def _read_idx(path, expected_rank):
         )
     rank = content[3]
     if rank != expected_rank:
-        raise ValueError(
-            f"{path} holds a rank-{rank} array; expected rank {expected_rank}."
-        )
+        raise ValueError(f"{path} holds a rank-{rank} array; expected rank {expected_rank}.")
     header_size = 4 + 4 * rank
-    shape = tuple(
-        int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)
-    )
+    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     data = np.frombuffer(content, dtype=np.uint8, offset=min(header_size, len(content)))
     if data.size != int(np.prod(shape)):
         raise ValueError(
@@ -813,13 +761,10 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files):
     # Imported here: tensorflow_datasets is slow to import and not needed
     # for local files and arrays.
     import tensorflow_datasets as tfds
-
     from tensorflow_datasets.core import registered
 
     try:
-        dataset = tfds.load(
-            name, split=split, data_dir=data_dir, shuffle_files=shuffle_files
-        )
+        dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle_files)
     except registered.DatasetNotFoundError as error:
         raise FileNotFoundError(
             f"{name!r} is neither an existing directory nor a tfds dataset "
@@ -850,13 +795,10 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files):
         )
     if spec["image"].dtype != tf.uint8 or spec["image"].shape.rank != 3:
         raise ValueError(
-            f"The 'image' feature of {name!r} is {spec['image']}; expected "
-            "uint8 images of shape [H, W, C]."
+            f"The 'image' feature of {name!r} is {spec['image']}; expected uint8 images of shape [H, W, C]."
         )
     use_label = labels and "label" in spec
-    if use_label and (
-        not spec["label"].dtype.is_integer or spec["label"].shape.rank != 0
-    ):
+    if use_label and (not spec["label"].dtype.is_integer or spec["label"].shape.rank != 0):
         raise ValueError(
             f"The 'label' feature of {name!r} is {spec['label']}; expected an "
             "integer class index. Pass labels=False to load images only."
@@ -885,10 +827,7 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
         )
     _parse_split(split, ("train",))
     if split.strip() != "train":
-        raise ValueError(
-            f"A directory of images has a single split; pass split='train'. "
-            f"Received: split={split!r}"
-        )
+        raise ValueError(f"A directory of images has a single split; pass split='train'. Received: split={split!r}")
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     class_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     top_files = [p for p in entries if _is_image_file(p)]
@@ -902,32 +841,23 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
     if class_dirs:
         files, file_labels = [], []
         for label, class_dir in enumerate(class_dirs):
-            class_files = sorted(
-                str(p) for p in class_dir.rglob("*") if _is_image_file(p)
-            )
+            class_files = sorted(str(p) for p in class_dir.rglob("*") if _is_image_file(p))
             files.extend(class_files)
             file_labels.extend([label] * len(class_files))
     else:
         files, file_labels = [str(p) for p in top_files], None
     if not files:
-        raise FileNotFoundError(
-            f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in "
-            f"{str(root)!r}."
-        )
+        raise FileNotFoundError(f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {str(root)!r}.")
 
     # The first file fixes the channel count (so elements have a static
     # shape) and the reference size other files are checked against.
-    first = tf.io.decode_image(
-        tf.io.read_file(files[0]), expand_animations=False
-    )
+    first = tf.io.decode_image(tf.io.read_file(files[0]), expand_animations=False)
     height, width, source_channels = first.shape
     # Alpha is not image content for contrastive learning: drop it.
     num_channels = {1: 1, 2: 1, 3: 3, 4: 3}[source_channels]
 
     def decode(path):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=num_channels, expand_animations=False
-        )
+        image = tf.io.decode_image(tf.io.read_file(path), channels=num_channels, expand_animations=False)
         if not same_size:
             # `image_size` will bring every image to one size later.
             image.set_shape([None, None, num_channels])
@@ -947,9 +877,7 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
         return image
 
     if file_labels is not None and labels:
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (files, np.asarray(file_labels, np.int32))
-        )
+        dataset = tf.data.Dataset.from_tensor_slices((files, np.asarray(file_labels, np.int32)))
         if shuffle_files:
             dataset = dataset.shuffle(len(files))
         return dataset.map(
@@ -993,11 +921,7 @@ def _resize_or_pad(images, size):
     shape = tf.shape(images)
     fits = tf.logical_and(shape[-3] <= target_height, shape[-2] <= target_width)
     result = tf.cond(fits, pad, resize)
-    result.set_shape(
-        images.shape[:-3].concatenate(
-            [target_height, target_width, images.shape[-1]]
-        )
-    )
+    result.set_shape(images.shape[:-3].concatenate([target_height, target_width, images.shape[-1]]))
     return result
 
 
@@ -1006,8 +930,7 @@ def _check_channel_conversion(source, channels):
         return
     if source is None:
         raise ValueError(
-            "Cannot convert images with an unknown number of channels to "
-            f"channels={channels}. Pass channels=None."
+            f"Cannot convert images with an unknown number of channels to channels={channels}. Pass channels=None."
         )
     raise ValueError(
         f"Cannot convert {source}-channel images to channels={channels}: "
@@ -1023,9 +946,7 @@ def _convert_channels(images, channels):
     if source == 3 and channels == 1:
         # ITU-R 601 luma, computed in float and rounded (not truncated).
         weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
-        gray = tf.reduce_sum(
-            tf.cast(images, tf.float32) * weights, axis=-1, keepdims=True
-        )
+        gray = tf.reduce_sum(tf.cast(images, tf.float32) * weights, axis=-1, keepdims=True)
         return _to_uint8(gray)
     return images
 

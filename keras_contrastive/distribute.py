@@ -56,8 +56,7 @@ def strategy(name="auto", tpu=None, collective_timeout=None):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
-                "The multi_worker strategy reads the cluster from the TF_CONFIG environment "
-                "variable, which is not set."
+                "The multi_worker strategy reads the cluster from the TF_CONFIG environment variable, which is not set."
             )
         # A collective that waits longer than this fails, so that when a
         # worker dies the others exit with an error instead of hanging.

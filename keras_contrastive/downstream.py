@@ -67,11 +67,13 @@ def resolve_version(path):
     """The version directory of an export: `path` itself, or its highest numbered version."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
-    versions = [int(v) for v in os.listdir(path) if v.isdigit() and os.path.exists(os.path.join(path, v, "saved_model.pb"))] if os.path.isdir(path) else []
+    versions = (
+        [int(v) for v in os.listdir(path) if v.isdigit() and os.path.exists(os.path.join(path, v, "saved_model.pb"))]
+        if os.path.isdir(path)
+        else []
+    )
     if not versions:
-        raise ValueError(
-            f"{path!r} is neither a SavedModel version directory nor a directory of numbered versions."
-        )
+        raise ValueError(f"{path!r} is neither a SavedModel version directory nor a directory of numbered versions.")
     return os.path.join(path, str(max(versions)))
 
 

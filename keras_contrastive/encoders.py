@@ -23,9 +23,7 @@ BN_EPSILON = 1e-5
 
 def _check_args(input_shape, stem, width_multiplier):
     if len(input_shape) != 3 or any(d is None or d < 1 for d in input_shape):
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels) with known sizes; got {input_shape}."
-        )
+        raise ValueError(f"`input_shape` must be (height, width, channels) with known sizes; got {input_shape}.")
     if stem not in ("cifar", "imagenet"):
         raise ValueError(f"`stem` must be 'cifar' or 'imagenet'; got {stem!r}.")
     if not width_multiplier > 0:
@@ -291,8 +289,7 @@ def ViT(input_shape, patch_size, dim, depth, num_heads, mlp_ratio=4.0, freeze_pa
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[0] % patch_size or input_shape[1] % patch_size:
         raise ValueError(
-            f"`input_shape` must be (height, width, channels) divisible by patch_size={patch_size}; "
-            f"got {input_shape}."
+            f"`input_shape` must be (height, width, channels) divisible by patch_size={patch_size}; got {input_shape}."
         )
     if dim % num_heads or dim % 4:
         raise ValueError(f"`dim` must be divisible by 4 and by num_heads={num_heads}; got {dim}.")

@@ -3,8 +3,8 @@
 All three batch their work and show a progress bar (`verbose=1`).
 """
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -89,7 +89,9 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
     return features
 
 
-def knn_predict(train_features, train_labels, test_features, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=0):
+def knn_predict(
+    train_features, train_labels, test_features, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=0
+):
     """Weighted kNN class predictions over a feature bank.
 
     Cosine similarity between L2-normalized features; each of the k nearest
@@ -113,9 +115,7 @@ def knn_predict(train_features, train_labels, test_features, k=200, temperature=
         raise ValueError(f"`temperature` must be > 0; got {temperature}.")
     train_labels = np.asarray(train_labels).reshape(-1)
     if len(train_labels) != len(train_features):
-        raise ValueError(
-            f"{len(train_features)} training features but {len(train_labels)} labels."
-        )
+        raise ValueError(f"{len(train_features)} training features but {len(train_labels)} labels.")
     num_classes = int(num_classes or train_labels.max() + 1)
     train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
     k = int(min(k, len(train_labels)))
@@ -141,7 +141,17 @@ def knn_predict(train_features, train_labels, test_features, k=200, temperature=
     return np.concatenate(predictions)
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=1):
+def knn_accuracy(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    k=200,
+    temperature=0.1,
+    num_classes=None,
+    batch_size=1024,
+    verbose=1,
+):
     """Accuracy of the weighted kNN classifier (see `knn_predict`).
 
     Args:
@@ -167,7 +177,19 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200
     return float(np.mean(predictions == test_labels))
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes=None, epochs=30, batch_size=1024, learning_rate=1e-2, weight_decay=1e-4, seed=0, verbose=1):
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes=None,
+    epochs=30,
+    batch_size=1024,
+    learning_rate=1e-2,
+    weight_decay=1e-4,
+    seed=0,
+    verbose=1,
+):
     """Logistic regression on frozen, standardized features; test accuracy.
 
     Features are standardized with the training mean and std, then a single

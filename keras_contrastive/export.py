@@ -93,8 +93,7 @@ def _check_export_dir(export_dir):
         export_dir = os.fsdecode(export_dir)
     if not export_dir:
         raise ValueError(
-            "`export_dir` must be a non-empty path, got ''. Pass the model's "
-            "base directory, e.g. '/models/my_encoder'."
+            "`export_dir` must be a non-empty path, got ''. Pass the model's base directory, e.g. '/models/my_encoder'."
         )
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(
@@ -115,8 +114,7 @@ def _check_version(version):
         )
     if version < 1:
         raise ValueError(
-            f"`version` must be >= 1, got {version}. Pass a positive int, or "
-            "version=None to use the next free version."
+            f"`version` must be >= 1, got {version}. Pass a positive int, or version=None to use the next free version."
         )
     return int(version)
 
@@ -191,9 +189,7 @@ def _json_default(value):
 def _check_metadata(metadata):
     if metadata is None:
         return {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) for k in metadata
-    ):
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise ValueError(
             "`metadata` must be a dict with str keys or None, got "
             f"{metadata!r}. Pass e.g. metadata={{'dataset': 'cifar10'}}."
@@ -263,12 +259,8 @@ def _build_archive(encoder, image_shape):
 
     archive = keras.export.ExportArchive()
     archive.track(encoder)
-    serve_fn = archive.add_endpoint(
-        SERVING_SIGNATURE, serving_default, input_signature=[spec]
-    )
-    archive.add_endpoint(
-        NORMALIZED_SIGNATURE, embed_normalized, input_signature=[spec]
-    )
+    serve_fn = archive.add_endpoint(SERVING_SIGNATURE, serving_default, input_signature=[spec])
+    archive.add_endpoint(NORMALIZED_SIGNATURE, embed_normalized, input_signature=[spec])
     archive.add_endpoint(
         BYTES_SIGNATURE,
         serving_bytes,
@@ -365,9 +357,7 @@ def _write_version(encoder, path, image_shape, user_metadata):
         "encoder": encoder.name,
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE, BYTES_SIGNATURE],
         "keras_file": f"{METADATA_DIR}/{KERAS_FILE}",
         # None when the TF Serving protos were not installed at export time.
@@ -381,9 +371,7 @@ def _write_version(encoder, path, image_shape, user_metadata):
         f.write("\n")
 
 
-def export_encoder(
-    model_or_encoder, export_dir, version=None, *, overwrite=False, metadata=None
-):
+def export_encoder(model_or_encoder, export_dir, version=None, *, overwrite=False, metadata=None):
     """Exports an encoder as a versioned SavedModel ready for TF Serving.
 
     Writes `<export_dir>/<version>/` with `saved_model.pb`, `variables/`,
@@ -436,9 +424,7 @@ def export_encoder(
     if version is not None:
         version = _check_version(version)
     if not isinstance(overwrite, bool):
-        raise ValueError(
-            f"`overwrite` must be True or False, got {overwrite!r}."
-        )
+        raise ValueError(f"`overwrite` must be True or False, got {overwrite!r}.")
     user_metadata = _check_metadata(metadata)
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
@@ -508,15 +494,12 @@ def _move_into_place(tmp_path, final_path, overwrite):
         return
     if not overwrite:  # Appeared while we were writing.
         raise FileExistsError(
-            f"{final_path!r} was created while exporting. Export again with "
-            "version=None, or pass overwrite=True."
+            f"{final_path!r} was created while exporting. Export again with version=None, or pass overwrite=True."
         )
     # There is no portable atomic swap of two directories: move the old
     # version aside (hidden name), move the new one in, then delete the old.
     # The aside name is hidden too, and unique because the temp dir's is.
-    old_path = os.path.join(
-        os.path.dirname(tmp_path), ".old" + os.path.basename(tmp_path)[len(".tmp"):]
-    )
+    old_path = os.path.join(os.path.dirname(tmp_path), ".old" + os.path.basename(tmp_path)[len(".tmp") :])
     os.rename(final_path, old_path)
     try:
         os.rename(tmp_path, final_path)
@@ -552,16 +535,13 @@ def load_metadata(version_path):
     path = os.path.join(version_path, METADATA_DIR, METADATA_FILE)
     if not os.path.isfile(path):
         hint = ""
-        if os.path.isdir(version_path) and not os.path.isfile(
-            os.path.join(version_path, "saved_model.pb")
-        ):
+        if os.path.isdir(version_path) and not os.path.isfile(os.path.join(version_path, "saved_model.pb")):
             hint = (
                 " It holds no saved_model.pb either; pass a version directory "
                 f"such as {os.path.join(version_path, '1')!r}."
             )
         raise ValueError(
-            f"No keras_contrastive metadata at {path!r}: {version_path!r} was "
-            f"not written by `export_encoder`.{hint}"
+            f"No keras_contrastive metadata at {path!r}: {version_path!r} was not written by `export_encoder`.{hint}"
         )
     with open(path) as f:
         return json.load(f)
@@ -638,29 +618,16 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(
         prog="python -m keras_contrastive.export",
-        description="Export keras_contrastive encoders for TF Serving, or "
-        "inspect an exported SavedModel.",
+        description="Export keras_contrastive encoders for TF Serving, or inspect an exported SavedModel.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_inspect = sub.add_parser(
-        "inspect", help="Print signatures (names, dtypes, shapes) and metadata."
-    )
-    p_inspect.add_argument(
-        "path", help="Version directory, or export_dir (latest version)."
-    )
-    p_export = sub.add_parser(
-        "export", help="Export the encoder of a .keras file as a new version."
-    )
-    p_export.add_argument(
-        "--model", required=True, help="A .keras file (encoder or trainer)."
-    )
+    p_inspect = sub.add_parser("inspect", help="Print signatures (names, dtypes, shapes) and metadata.")
+    p_inspect.add_argument("path", help="Version directory, or export_dir (latest version).")
+    p_export = sub.add_parser("export", help="Export the encoder of a .keras file as a new version.")
+    p_export.add_argument("--model", required=True, help="A .keras file (encoder or trainer).")
     p_export.add_argument("--export_dir", required=True, help="Base directory.")
-    p_export.add_argument(
-        "--version", type=int, default=None, help="Defaults to the next free one."
-    )
-    p_export.add_argument(
-        "--overwrite", action="store_true", help="Replace an existing version."
-    )
+    p_export.add_argument("--version", type=int, default=None, help="Defaults to the next free one.")
+    p_export.add_argument("--overwrite", action="store_true", help="Replace an existing version.")
     args = parser.parse_args(argv)
 
     try:
@@ -669,15 +636,12 @@ def main(argv=None):
         else:
             if not os.path.isfile(args.model):
                 raise ValueError(
-                    f"--model {args.model!r} does not exist. Pass a file "
-                    "saved with `model.save('encoder.keras')`."
+                    f"--model {args.model!r} does not exist. Pass a file saved with `model.save('encoder.keras')`."
                 )
             # compile=False: the optimizer/loss are irrelevant for inference
             # and may reference custom objects that are not importable here.
             model = keras.saving.load_model(args.model, compile=False)
-            path = export_encoder(
-                model, args.export_dir, args.version, overwrite=args.overwrite
-            )
+            path = export_encoder(model, args.export_dir, args.version, overwrite=args.overwrite)
             print(path)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

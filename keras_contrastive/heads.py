@@ -63,9 +63,7 @@ class ProjectionHead(keras.layers.Layer):
         for i, dim in enumerate(self.hidden_dims):
             block = [layers.Dense(dim, use_bias=not batch_norm, name=f"dense{i}")]
             if batch_norm:
-                block.append(
-                    batch_normalization(synchronized_bn, momentum=0.9, epsilon=1e-5, name=f"bn{i}")
-                )
+                block.append(batch_normalization(synchronized_bn, momentum=0.9, epsilon=1e-5, name=f"bn{i}"))
             block.append(layers.ReLU(name=f"relu{i}"))
             self.blocks.append(block)
         use_bias = (not output_batch_norm) if output_use_bias is None else bool(output_use_bias)

@@ -149,8 +149,7 @@ def synchronize_batch_norm(model):
             hidden = [
                 inner.name
                 for inner in layer._flatten_layers(include_self=False)
-                if isinstance(inner, keras.layers.BatchNormalization)
-                and not isinstance(inner, SyncBatchNormalization)
+                if isinstance(inner, keras.layers.BatchNormalization) and not isinstance(inner, SyncBatchNormalization)
             ]
             if hidden:
                 raise ValueError(

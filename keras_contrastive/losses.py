@@ -159,8 +159,7 @@ def _check_labels(labels, batch):
         raise ValueError(f"`labels` must be a vector [batch]; got shape {tuple(labels.shape)}.")
     if labels.shape[0] is not None and batch is not None and labels.shape[0] != batch:
         raise ValueError(
-            f"`labels` has {labels.shape[0]} entries but `features` has {batch} examples; "
-            "pass one label per example."
+            f"`labels` has {labels.shape[0]} entries but `features` has {batch} examples; pass one label per example."
         )
     if "int" not in keras.backend.standardize_dtype(labels.dtype):
         raise ValueError(f"`labels` must be integer class ids; got dtype {labels.dtype}.")
@@ -248,9 +247,7 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
         self_index = local
     logits = ops.matmul(anchors, ops.transpose(candidates)) / temperature
     self_mask = ops.one_hot(self_index, num_views * big_n, dtype="bool")
-    positive = ops.logical_and(
-        ops.equal(anchor_ids[:, None], candidate_ids[None, :]), ops.logical_not(self_mask)
-    )
+    positive = ops.logical_and(ops.equal(anchor_ids[:, None], candidate_ids[None, :]), ops.logical_not(self_mask))
     logits = ops.where(self_mask, float("-inf"), logits)
     log_prob = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     num_positive = ops.sum(ops.cast(positive, log_prob.dtype), axis=1)

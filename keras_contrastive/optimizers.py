@@ -210,7 +210,9 @@ class SGD(keras.optimizers.SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         if self.coupled_weight_decay and self._use_weight_decay(variable):
-            gradient = ops.cast(gradient, variable.dtype) + ops.cast(self.coupled_weight_decay, variable.dtype) * variable
+            gradient = (
+                ops.cast(gradient, variable.dtype) + ops.cast(self.coupled_weight_decay, variable.dtype) * variable
+            )
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):

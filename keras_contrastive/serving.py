@@ -90,7 +90,7 @@ def _serving_apis():
 def _dtype_string(dtype):
     # TensorFlow's own DataTypeString ("float", "uint8", "string"), which is
     # what TF Serving's errors print.
-    return types_pb2.DataType.Name(dtype.as_datatype_enum)[len("DT_"):].lower()
+    return types_pb2.DataType.Name(dtype.as_datatype_enum)[len("DT_") :].lower()
 
 
 def _shape_string(shape):
@@ -101,10 +101,7 @@ def _shape_string(shape):
 
 
 def _describe(specs):
-    return ", ".join(
-        f"{name}: {specs[name].dtype.name} {_shape_string(specs[name].shape)}"
-        for name in sorted(specs)
-    )
+    return ", ".join(f"{name}: {specs[name].dtype.name} {_shape_string(specs[name].shape)}" for name in sorted(specs))
 
 
 def _input_specs(signature):
@@ -157,8 +154,7 @@ def _check_input(signature_name, specs, name, dtype, shape):
         # counts the signature's inputs in sorted order (feeds are sorted).
         index = sorted(specs).index(name)
         hint = {
-            tf.uint8: "Send raw pixels 0-255 as uint8; the /255 scaling runs "
-            "inside the graph.",
+            tf.uint8: "Send raw pixels 0-255 as uint8; the /255 scaling runs inside the graph.",
             tf.string: "Send encoded JPEG/PNG images as bytes.",
         }.get(spec.dtype, f"Convert the input to {spec.dtype.name}.")
         raise ValueError(
@@ -249,7 +245,7 @@ def _get_signature(loaded, signature_name):
         raise ValueError(
             f'Serving signature key "{signature_name}" not found. The model '
             f"has {sorted(loaded.signatures)}; set model_spec.signature_name "
-            "(gRPC) or \"signature_name\" (REST) to one of them."
+            '(gRPC) or "signature_name" (REST) to one of them.'
         )
     return signature_name, loaded.signatures[signature_name]
 
@@ -257,9 +253,7 @@ def _get_signature(loaded, signature_name):
 # ------------------------------------------------------------- Predict
 
 
-def predict_request(
-    images, signature_name=export.SERVING_SIGNATURE, model_name=None, *, input_name=None
-):
+def predict_request(images, signature_name=export.SERVING_SIGNATURE, model_name=None, *, input_name=None):
     """Builds the `PredictRequest` a TF Serving gRPC client sends.
 
     Args:
@@ -283,16 +277,12 @@ def predict_request(
     """
     predict_pb2, _ = _serving_apis()
     if not isinstance(signature_name, str) or not signature_name:
-        raise ValueError(
-            f"`signature_name` must be a non-empty str, got {signature_name!r}."
-        )
+        raise ValueError(f"`signature_name` must be a non-empty str, got {signature_name!r}.")
     if model_name is not None and not isinstance(model_name, str):
         raise ValueError(f"`model_name` must be a str or None, got {model_name!r}.")
     if isinstance(images, np.ndarray) and images.dtype.kind in "SO" and images.ndim == 1:
         images = list(images)  # e.g. tf.make_ndarray of a DT_STRING tensor
-    is_bytes = isinstance(images, (list, tuple)) and all(
-        isinstance(x, bytes) for x in images
-    )
+    is_bytes = isinstance(images, (list, tuple)) and all(isinstance(x, bytes) for x in images)
     if isinstance(images, (bytes, str)):
         raise ValueError(
             "`images` must be a list of encoded images (one bytes per image) "
@@ -327,10 +317,7 @@ def predict_request(
                 "for images in [0, 1]."
             )
         if value.size and (value.min() < 0 or value.max() > 255):
-            raise ValueError(
-                f"`images` values must be in [0, 255], got [{value.min()}, "
-                f"{value.max()}]."
-            )
+            raise ValueError(f"`images` values must be in [0, 255], got [{value.min()}, {value.max()}].")
         if value.ndim != 4:
             raise ValueError(
                 f"`images` must be [batch, H, W, C], got shape {value.shape}."
@@ -399,10 +386,7 @@ def _run(loaded, version, request):
     except tf.errors.InvalidArgumentError as e:
         # E.g. bytes that are not an image: the server answers INVALID_ARGUMENT
         # with TensorFlow's message.
-        raise ValueError(
-            f"Signature {signature_name!r} failed on the request's inputs: "
-            f"{e.message}"
-        ) from None
+        raise ValueError(f"Signature {signature_name!r} failed on the request's inputs: {e.message}") from None
 
     response = predict_pb2.PredictResponse()
     response.model_spec.name = request.model_spec.name
@@ -446,11 +430,7 @@ def predict(model_or_path, request):
         ImportError: `tensorflow_serving` is not installed.
     """
     request = _parse_request(request)
-    requested = (
-        request.model_spec.version.value
-        if request.model_spec.HasField("version")
-        else None
-    )
+    requested = request.model_spec.version.value if request.model_spec.HasField("version") else None
     loaded, version = _load(model_or_path, requested)
     return _run(loaded, version, request)
 
@@ -461,13 +441,12 @@ def predict(model_or_path, request):
 def _is_b64(value):
     # json_tensor.cc IsValBase64Object: an object with exactly one key "b64"
     # whose value is a string.
-    return isinstance(value, dict) and len(value) == 1 and isinstance(
-        value.get(_B64_KEY), str
-    )
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(_B64_KEY), str)
 
 
 def _json_scalar(value, dtype, where):
     """One JSON leaf as a value of `dtype` (json_tensor.cc AddValueToTensor)."""
+
     def type_error():
         return ValueError(
             f"{where}: JSON value {json.dumps(value)[:80]} of type "
@@ -506,16 +485,11 @@ def _json_scalar(value, dtype, where):
         # TF Serving does not range-check here (it stores int_val and casts);
         # refusing beats feeding a wrapped-around pixel.
         if not dtype.min <= value <= dtype.max:
-            raise ValueError(
-                f"{where}: {value} is out of range for {dtype.name} "
-                f"[{dtype.min}, {dtype.max}]."
-            )
+            raise ValueError(f"{where}: {value} is out of range for {dtype.name} [{dtype.min}, {dtype.max}].")
         return value
     if dtype.is_floating:
         return value
-    raise ValueError(
-        f"{where}: conversion of JSON values to {dtype.name} is not supported."
-    )
+    raise ValueError(f"{where}: conversion of JSON values to {dtype.name} is not supported.")
 
 
 def _json_to_array(value, dtype, where):
@@ -537,11 +511,7 @@ def _json_to_array(value, dtype, where):
     def fill(node, level, index):
         if isinstance(node, list):
             if level >= len(shape) or len(node) != shape[level]:
-                expected = (
-                    f"a value at depth {level}"
-                    if level >= len(shape)
-                    else f"a list of {shape[level]}"
-                )
+                expected = f"a value at depth {level}" if level >= len(shape) else f"a list of {shape[level]}"
                 raise ValueError(
                     f"{where}: ragged nested list: got a list of {len(node)} "
                     f"at index {index}, expected {expected} (the first "
@@ -570,10 +540,7 @@ def _json_to_array(value, dtype, where):
 def _instances_to_arrays(instances, specs):
     """Row format: one entry per example, stacked along a new batch axis."""
     if not isinstance(instances, list):
-        raise ValueError(
-            "'instances' must be a list with one entry per example, got "
-            f"{type(instances).__name__}."
-        )
+        raise ValueError(f"'instances' must be a list with one entry per example, got {type(instances).__name__}.")
     if not instances:
         raise ValueError("No values in 'instances' array; send at least one.")
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
@@ -716,9 +683,7 @@ def rest_predict(model_or_path, body):
         )
     signature_name = body.get("signature_name", export.SERVING_SIGNATURE)
     if not isinstance(signature_name, str):
-        raise ValueError(
-            f"'signature_name' key must be a string value, got {signature_name!r}."
-        )
+        raise ValueError(f"'signature_name' key must be a string value, got {signature_name!r}.")
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances and has_inputs:
         raise ValueError(
@@ -729,7 +694,7 @@ def rest_predict(model_or_path, body):
     if not has_instances and not has_inputs:
         raise ValueError(
             f"Missing 'inputs' or 'instances' key (the body has keys "
-            f"{sorted(body)}). Send e.g. {{\"instances\": images.tolist()}}."
+            f'{sorted(body)}). Send e.g. {{"instances": images.tolist()}}.'
         )
 
     loaded, version = _load(model_or_path)
@@ -743,17 +708,13 @@ def rest_predict(model_or_path, body):
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = signature_name
     for name, array in arrays.items():
-        request.inputs[name].CopyFrom(
-            tf.make_tensor_proto(array, dtype=specs[name].dtype)
-        )
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(array, dtype=specs[name].dtype))
     response = _run(loaded, version, request)
-    outputs = {
-        name: tf.make_ndarray(tensor) for name, tensor in sorted(response.outputs.items())
-    }
+    outputs = {name: tf.make_ndarray(tensor) for name, tensor in sorted(response.outputs.items())}
 
     if has_inputs:
         if len(outputs) == 1:
-            (name, array), = outputs.items()
+            ((name, array),) = outputs.items()
             return {"outputs": _to_json(array, name)}
         return {"outputs": {name: _to_json(a, name) for name, a in outputs.items()}}
     batch = {name: (a.shape[0] if a.ndim else None) for name, a in outputs.items()}
@@ -783,17 +744,13 @@ def _warmup_requests(signature_defs, model_name):
     """
     specs = _input_specs_from_signature_def(signature_defs[export.SERVING_SIGNATURE])
     height, width, channels = specs[export.INPUT_NAME].shape.as_list()[1:]
-    images = np.random.default_rng(0).integers(
-        0, 256, size=(2, height, width, channels), dtype=np.uint8
-    )
+    images = np.random.default_rng(0).integers(0, 256, size=(2, height, width, channels), dtype=np.uint8)
     requests = [
         predict_request(images[:1], export.SERVING_SIGNATURE, model_name),
         predict_request(images, export.SERVING_SIGNATURE, model_name),
     ]
     if export.NORMALIZED_SIGNATURE in signature_defs:
-        requests.append(
-            predict_request(images[:1], export.NORMALIZED_SIGNATURE, model_name)
-        )
+        requests.append(predict_request(images[:1], export.NORMALIZED_SIGNATURE, model_name))
     # encode_png takes 1, 3 or 4 channels (as decode_image does).
     if export.BYTES_SIGNATURE in signature_defs and channels in (1, 3, 4):
         png = tf.io.encode_png(images[0]).numpy()
@@ -886,7 +843,4 @@ def read_warmup_requests(version_path):
             "`keras_contrastive.serving.write_warmup_requests(version_path)` "
             f"(needs `{PIP_COMMAND}`)."
         )
-    return [
-        prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        for record in tf.data.TFRecordDataset(path)
-    ]
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy()) for record in tf.data.TFRecordDataset(path)]

@@ -19,12 +19,16 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     """The flags every recipe takes, with this method's defaults."""
     name = f"{method}_fashion_mnist"
     p = parser
-    p.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (local files), a tfds name, or an image folder")
+    p.add_argument(
+        "--dataset", default="fashion_mnist", help="fashion_mnist (local files), a tfds name, or an image folder"
+    )
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch_size", type=int, default=batch_size, help="global batch size (all replicas)")
     p.add_argument("--steps_per_epoch", type=int, default=None, help="default: one pass over the training split")
     p.add_argument("--image_size", type=int, default=32, help="Fashion-MNIST's 28x28 is zero-padded to 32x32")
-    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"])
+    p.add_argument(
+        "--encoder", default="resnet18", choices=["resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"]
+    )
     p.add_argument("--patch_size", type=int, default=4, help="ViT patch size (16 for 224x224 images)")
     p.add_argument("--model_dir", default=f"runs/{name}")
     p.add_argument("--export_dir", default=f"saved_models/{name}")
@@ -74,7 +78,10 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument(
-        "--backup_every", type=int, default=50, help="back up every N steps (and each epoch); a killed run loses at most N"
+        "--backup_every",
+        type=int,
+        default=50,
+        help="back up every N steps (and each epoch); a killed run loses at most N",
     )
     return p
 
@@ -138,8 +145,12 @@ def schedule_and_optimizer(args, steps_per_epoch, exclude_names=()):
         decay_type = "decoupled" if args.optimizer == "adamw" else "coupled"
     if args.optimizer == "lars":
         if decay_type != "coupled":
-            raise SystemExit("--optimizer lars decays coupled (inside the trust ratio); use --weight_decay_type coupled.")
-        return kc.optimizers.LARS(schedule, momentum=0.9, weight_decay=args.weight_decay, exclude_names=list(exclude_names))
+            raise SystemExit(
+                "--optimizer lars decays coupled (inside the trust ratio); use --weight_decay_type coupled."
+            )
+        return kc.optimizers.LARS(
+            schedule, momentum=0.9, weight_decay=args.weight_decay, exclude_names=list(exclude_names)
+        )
     if args.optimizer == "adamw":
         if decay_type != "decoupled":
             raise SystemExit("--optimizer adamw decays decoupled; use --optimizer sgd for coupled decay.")
@@ -174,7 +185,9 @@ def callbacks(args, sample_views=None, backup_callback=None):
     os.makedirs(os.path.join(args.model_dir, "checkpoints"), exist_ok=True)
     log_dir = os.path.join(args.model_dir, "logs")
     result.insert(1, keras.callbacks.TensorBoard(log_dir, update_freq=20))
-    result.append(keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras")))
+    result.append(
+        keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras"))
+    )
     if sample_views is not None:
         png = os.path.join(args.model_dir, "views.png")
         result.insert(2, kc.callbacks.ViewPairsImage(sample_views, log_dir, png_path=png))
@@ -213,7 +226,11 @@ def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True
     """
     backup_callback = backup(args)
     views = model.views_dataset(
-        dataset, args.batch_size, shuffle_buffer=shuffle_buffer, seed=args.seed, repeat=repeat,
+        dataset,
+        args.batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=args.seed,
+        repeat=repeat,
         start_batch=backup_callback.resume_step,
     )
     samples = model.views_dataset(dataset, 8, seed=args.seed)
@@ -227,7 +244,11 @@ def evaluate_frozen(args, encoder, train_arrays, test_arrays):
         return {}
     print("Extracting features for the kNN bank and the test split...")
     results = kc.evaluation.evaluate_frozen(
-        encoder, (x_train, y_train), (x_test, y_test), k=args.knn_k, probe_epochs=args.linear_probe_epochs,
+        encoder,
+        (x_train, y_train),
+        (x_test, y_test),
+        k=args.knn_k,
+        probe_epochs=args.linear_probe_epochs,
         verbose=args.verbose,
     )
     print(f"kNN accuracy (k={args.knn_k}, cosine, temperature 0.1): {results['knn_accuracy']:.4f}")

@@ -67,12 +67,20 @@ def train_and_test(model, train_ds, steps, batch, args, x_test, y_test):
 
 
 def main(argv=None):
-    parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "finetune", batch_size=128)
-    parser.add_argument("--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras")
+    parser = common.add_common_flags(
+        argparse.ArgumentParser(description=__doc__.split("\n")[0]), "finetune", batch_size=128
+    )
+    parser.add_argument(
+        "--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras"
+    )
     parser.add_argument("--label_fractions", default="0.01,0.1", help="comma-separated, e.g. 0.01,0.1,1.0")
     parser.add_argument("--finetune_epochs", type=int, default=20, help="passes over each labelled subset")
     parser.add_argument("--min_steps", type=int, default=100)
-    parser.add_argument("--override_architecture", action="store_true", help="use --encoder/--width_multiplier/--stem for the scratch model")
+    parser.add_argument(
+        "--override_architecture",
+        action="store_true",
+        help="use --encoder/--width_multiplier/--stem for the scratch model",
+    )
     # SimCLR's fine-tuning rate, 0.05 x batch / 256 (appendix B.5): base 0.1 at the default batch 128.
     parser.set_defaults(learning_rate=0.1)
     args = parser.parse_args(argv)

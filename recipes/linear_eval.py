@@ -29,7 +29,9 @@ import keras_contrastive as kc
 
 def main(argv=None):
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "linear_eval")
-    parser.add_argument("--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras")
+    parser.add_argument(
+        "--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras"
+    )
     parser.set_defaults(image_size=None, channels=None)
     args = parser.parse_args(argv)
     common.start(args)

@@ -66,8 +66,12 @@ def main(argv=None):
 
     # Train (a killed run started again resumes where it stopped).
     common.fit_views(
-        args, model, train, steps_per_epoch,
-        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000), repeat=not args.class_balanced,
+        args,
+        model,
+        train,
+        steps_per_epoch,
+        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000),
+        repeat=not args.class_balanced,
     )
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).

@@ -25,7 +25,9 @@ import keras_contrastive as kc
 
 
 def main(argv=None):
-    parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5)
+    parser = common.add_common_flags(
+        argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5
+    )
     args = parser.parse_args(argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
@@ -39,8 +41,14 @@ def main(argv=None):
     augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
     backup = common.backup(args)  # a killed run resumes from its last backup, data included
     views = kc.data.contrastive_views(
-        train, augmenter, args.batch_size, num_views=1, shuffle_buffer=min(num_train, 20_000), seed=args.seed,
-        repeat=True, start_batch=backup.resume_step,
+        train,
+        augmenter,
+        args.batch_size,
+        num_views=1,
+        shuffle_buffer=min(num_train, 20_000),
+        seed=args.seed,
+        repeat=True,
+        start_batch=backup.resume_step,
     ).map(lambda v, y: (v[:, 0], y))
 
     # 3. Encoder + linear classifier, cross-entropy.
@@ -55,7 +63,11 @@ def main(argv=None):
             metrics=["accuracy"],
         )
     classifier.fit(
-        views, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=common.callbacks(args, None, backup), verbose=args.verbose
+        views,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=common.callbacks(args, None, backup),
+        verbose=args.verbose,
     )
 
     # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe.

@@ -43,6 +43,7 @@ def rng():
 
 # Shared by the trainer tests.
 
+
 def tiny_encoder(channels=1, size=16, synchronized_bn=True, seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, channels))
@@ -93,7 +94,9 @@ def shard(strategy, array):
     """Splits `array` along axis 0 into equal per-replica slices of `strategy`."""
     local = len(array) // strategy.num_replicas_in_sync
     return strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * local : (ctx.replica_id_in_sync_group + 1) * local])
+        lambda ctx: tf.constant(
+            array[ctx.replica_id_in_sync_group * local : (ctx.replica_id_in_sync_group + 1) * local]
+        )
     )
 
 

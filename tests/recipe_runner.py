@@ -26,7 +26,9 @@ def main():
     parser.add_argument("recipe")
     parser.add_argument("weights_path")
     parser.add_argument("--logical_cpus", type=int, default=0, help="run --strategy mirrored over N logical CPUs")
-    parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL this process once N training steps are done")
+    parser.add_argument(
+        "--kill_at_step", type=int, default=0, help="SIGKILL this process once N training steps are done"
+    )
     parser.add_argument("--deterministic", action="store_true", help="tf.config.experimental.enable_op_determinism()")
     own = parser.parse_args(argv[:split])
     recipe_argv = argv[split + 1 :]

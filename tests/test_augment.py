@@ -67,8 +67,12 @@ def test_two_views_of_an_image_differ():
 
 def _identity_kwargs():
     return dict(
-        crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0), horizontal_flip=False,
-        color_jitter_probability=0.0, grayscale_probability=0.0, blur=False,
+        crop_area=(1.0, 1.0),
+        crop_aspect_ratio=(1.0, 1.0),
+        horizontal_flip=False,
+        color_jitter_probability=0.0,
+        grayscale_probability=0.0,
+        blur=False,
     )
 
 
@@ -100,8 +104,9 @@ def test_crop_keeps_a_region_of_the_requested_area():
     # A ramp image: a crop's value range tells which part of the image it kept.
     ramp = np.tile(np.linspace(0, 255, 64).astype("uint8")[None, :, None], (64, 1, 3))[None]
     x = np.repeat(ramp, 64, axis=0)
-    out = augment.random_resized_crop(SEED, tf.cast(x, tf.float32) / 255.0, (64, 64), area=(0.25, 0.25),
-                                      aspect_ratio=(1.0, 1.0)).numpy()
+    out = augment.random_resized_crop(
+        SEED, tf.cast(x, tf.float32) / 255.0, (64, 64), area=(0.25, 0.25), aspect_ratio=(1.0, 1.0)
+    ).numpy()
     widths = out[:, 0, -1, 0] - out[:, 0, 0, 0]  # fraction of the ramp covered
     np.testing.assert_allclose(widths, 0.5 * 63 / 63, atol=0.03)
 
@@ -221,7 +226,7 @@ def test_blur_matches_scipy_style_reference(rng):
     sigma = np.array([0.3, 1.0, 2.0], "float32")
     got = augment.gaussian_blur(tf.constant(x), tf.constant(sigma), kernel_size=5).numpy()
     for b in range(3):
-        k = np.exp(-np.arange(-2, 3) ** 2 / (2 * sigma[b] ** 2))
+        k = np.exp(-(np.arange(-2, 3) ** 2) / (2 * sigma[b] ** 2))
         k /= k.sum()
         want = np.zeros_like(x[b], dtype="float64")
         padded = np.pad(x[b], [(2, 2), (2, 2), (0, 0)])
@@ -248,8 +253,14 @@ def test_moco_v3_pair_is_asymmetric():
     assert first.color_jitter_factors == (0.4, 0.4, 0.2, 0.1) and first.blur_enabled
     x = images(64, size=32)
     # Solarization inverts bright pixels: only view 2 can have them, about 20% of images.
-    kw = dict(crop_area=(1, 1), crop_aspect_ratio=(1, 1), horizontal_flip=False, color_jitter_probability=0.0,
-              grayscale_probability=0.0, blur=False)
+    kw = dict(
+        crop_area=(1, 1),
+        crop_aspect_ratio=(1, 1),
+        horizontal_flip=False,
+        color_jitter_probability=0.0,
+        grayscale_probability=0.0,
+        blur=False,
+    )
     plain = augment.SimCLRAugmenter(32, **kw)(x, seed=SEED).numpy()
     _, sol = augment.moco_v3_augmenters(32, seed=0, **kw)
     out = sol(x, seed=SEED).numpy()

@@ -6,9 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import weights_of
 
 import keras_contrastive as kc
-from conftest import random_views, tiny_encoder, weights_of
 
 STEPS_PER_EPOCH, EPOCHS, BATCH = 4, 3, 8
 
@@ -107,7 +109,10 @@ def test_a_torn_or_corrupted_backup_is_skipped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(model, [kc.callbacks.BackupAndRestore(str(tmp_path), save_freq=3), Crash(10)])
     names = backups(tmp_path)
-    assert names == ["epoch00002-batch0000000-step0000000008.weights.h5", "epoch00002-batch0000001-step0000000009.weights.h5"]
+    assert names == [
+        "epoch00002-batch0000000-step0000000008.weights.h5",
+        "epoch00002-batch0000001-step0000000009.weights.h5",
+    ]
     newest = tmp_path / names[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     (tmp_path / ("tmp-epoch00002-batch0000002-step0000000010.weights.h5")).write_bytes(b"half-written")

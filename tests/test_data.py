@@ -12,9 +12,7 @@ import tensorflow as tf
 from keras_contrastive import data
 
 FASHION_DIR = data.DEFAULT_FASHION_MNIST_DIR
-HAS_FASHION = os.path.isfile(
-    os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
-)
+HAS_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
 needs_fashion = pytest.mark.skipif(
     not HAS_FASHION,
     reason="Fashion-MNIST idx files missing (apt-get install dataset-fashion-mnist)",
@@ -28,9 +26,7 @@ def _read_idx_gz(path, header_size):
 
 
 def _write_idx(path, array, compress=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     content = header + array.astype(np.uint8).tobytes()
     if compress:
         with gzip.open(path, "wb") as f:
@@ -68,9 +64,7 @@ def test_fashion_mnist_split_sizes_and_spec():
 
 @needs_fashion
 def test_fashion_mnist_matches_independent_decoding():
-    images = _read_idx_gz(
-        os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"), 16
-    ).reshape(10000, 28, 28)
+    images = _read_idx_gz(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"), 16).reshape(10000, 28, 28)
     labels = _read_idx_gz(os.path.join(FASHION_DIR, "t10k-labels-idx1-ubyte.gz"), 8)
 
     image, label = next(iter(data.load("fashion_mnist", "test")))
@@ -87,9 +81,7 @@ def test_fashion_mnist_matches_independent_decoding():
 
 @needs_fashion
 def test_fashion_mnist_train_first_image_and_labels():
-    first = _read_idx_gz(
-        os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"), 16
-    )[: 28 * 28].reshape(28, 28)
+    first = _read_idx_gz(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"), 16)[: 28 * 28].reshape(28, 28)
     x, y = data.load_arrays("fashion_mnist", "train[:512]")
     assert x.shape == (512, 28, 28, 1) and y.shape == (512,)
     np.testing.assert_array_equal(x[0, ..., 0], first)
@@ -126,9 +118,7 @@ def test_fashion_mnist_split_slicing():
 @needs_fashion
 def test_fashion_mnist_pad_to_32_rgb():
     x, _ = data.load_arrays("fashion_mnist", "train[:8]")
-    padded, _ = data.load_arrays(
-        "fashion_mnist", "train[:8]", image_size=32, channels=3
-    )
+    padded, _ = data.load_arrays("fashion_mnist", "train[:8]", image_size=32, channels=3)
     assert padded.shape == (8, 32, 32, 3) and padded.dtype == np.uint8
     border = np.ones((32, 32), bool)
     border[2:30, 2:30] = False
@@ -137,9 +127,7 @@ def test_fashion_mnist_pad_to_32_rgb():
         np.testing.assert_array_equal(padded[:, 2:30, 2:30, c], x[..., 0])
 
 
-@pytest.mark.parametrize(
-    "split", ["validation", "train[:abc]", "train[5:5]", "train[:70000]", "test[:200%]"]
-)
+@pytest.mark.parametrize("split", ["validation", "train[:abc]", "train[5:5]", "train[:70000]", "test[:200%]"])
 @needs_fashion
 def test_fashion_mnist_bad_split(split):
     with pytest.raises(ValueError, match=f"(?i)split {re.escape(repr(split))}"):
@@ -434,9 +422,7 @@ def test_views_shape_alignment_and_difference(small):
 
 def test_views_seed_contract(small):
     x, y = small
-    ds = data.contrastive_views(
-        data.load((x, y)), seed_augmenter, batch_size=3, num_views=3, seed=5
-    )
+    ds = data.contrastive_views(data.load((x, y)), seed_augmenter, batch_size=3, num_views=3, seed=5)
     views = [v for v, _ in ds.as_numpy_iterator()]
     assert len(views) == 3
     for batch in views:
@@ -497,9 +483,7 @@ def test_views_deterministic(small):
     assert not np.array_equal(np.concatenate([l for _, l in first]), y[:96])
 
     def unshuffled():
-        return data.contrastive_views(
-            data.load((x, y)), noisy_augmenter, batch_size=8, num_parallel_calls=4
-        )
+        return data.contrastive_views(data.load((x, y)), noisy_augmenter, batch_size=8, num_parallel_calls=4)
 
     a = list(unshuffled().as_numpy_iterator())
     b = list(unshuffled().as_numpy_iterator())
@@ -516,9 +500,7 @@ def test_views_list_of_augmenters_and_images_only(small):
     def inverted(images, seed):
         return 1.0 - tf.cast(images, tf.float32) / 255.0
 
-    ds = data.contrastive_views(
-        data.load(x), [identity, inverted], batch_size=5, prefetch=False
-    )
+    ds = data.contrastive_views(data.load(x), [identity, inverted], batch_size=5, prefetch=False)
     assert isinstance(ds.element_spec, tf.TensorSpec)  # no labels
     views = next(iter(ds)).numpy()
     np.testing.assert_allclose(views[:, 0], x[:5] / 255.0, atol=1e-6)
@@ -527,20 +509,14 @@ def test_views_list_of_augmenters_and_images_only(small):
 
 def test_views_repeat_and_remainder(small):
     x, y = small
-    repeated = data.contrastive_views(
-        data.load((x, y)), seed_augmenter, batch_size=4, repeat=True
-    )
+    repeated = data.contrastive_views(data.load((x, y)), seed_augmenter, batch_size=4, repeat=True)
     batches = list(repeated.take(5).as_numpy_iterator())
     np.testing.assert_array_equal(batches[2][1], [8, 9, 0, 1])  # wraps around
     assert np.all(batches[4][0][:, 1] == 1)  # view 1
-    kept = data.contrastive_views(
-        data.load((x, y)), noisy_augmenter, batch_size=4, drop_remainder=False
-    )
+    kept = data.contrastive_views(data.load((x, y)), noisy_augmenter, batch_size=4, drop_remainder=False)
     assert [len(l) for _, l in kept.as_numpy_iterator()] == [4, 4, 2]
     # Fewer examples than batch_size is fine when repeating.
-    small_repeat = data.contrastive_views(
-        data.load((x, y)), noisy_augmenter, batch_size=16, repeat=True
-    )
+    small_repeat = data.contrastive_views(data.load((x, y)), noisy_augmenter, batch_size=16, repeat=True)
     assert next(iter(small_repeat))[0].shape == (16, 2, 8, 8, 1)
 
 

@@ -23,14 +23,18 @@ def test_auto_reads_tf_config_workers(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     calls = []
     monkeypatch.setattr(
-        tf.distribute, "MultiWorkerMirroredStrategy", lambda communication_options: calls.append(communication_options) or "mwms"
+        tf.distribute,
+        "MultiWorkerMirroredStrategy",
+        lambda communication_options: calls.append(communication_options) or "mwms",
     )
     assert distribute.strategy("auto", collective_timeout=30) == "mwms"
     assert len(calls) == 1 and calls[0].timeout_seconds == 30
 
 
 def test_multi_worker_after_tensorflow_started_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}})
+    )
     tf.constant(1.0) + 1.0  # TensorFlow has run ops in this process
     with pytest.raises(RuntimeError, match="before TensorFlow runs any op"):
         distribute.strategy("multi_worker")

@@ -1,9 +1,9 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
+from conftest import tiny_encoder
 
 import keras_contrastive as kc
-from conftest import tiny_encoder
 
 
 @pytest.fixture

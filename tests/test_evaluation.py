@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
 
 from keras_contrastive import evaluation
@@ -98,7 +98,9 @@ def test_evaluate_frozen_scores_and_checks_the_encoder_is_unchanged(rng):
     before = [w.copy() for w in encoder.get_weights()]
     results = evaluation.evaluate_frozen(encoder, (x[:40], y[:40]), (x[40:], y[40:]), k=5, probe_epochs=2, verbose=0)
     features = evaluation.extract_features(encoder, x, verbose=0)
-    assert results["knn_accuracy"] == evaluation.knn_accuracy(features[:40], y[:40], features[40:], y[40:], k=5, verbose=0)
+    assert results["knn_accuracy"] == evaluation.knn_accuracy(
+        features[:40], y[:40], features[40:], y[40:], k=5, verbose=0
+    )
     assert 0.0 <= results["linear_probe_accuracy"] <= 1.0
     for a, b in zip(before, encoder.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -2,17 +2,17 @@
 
 import json
 import os
-import time
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import NO_KERAS_PRELUDE
+
 from keras_contrastive import export
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,9 +86,7 @@ def test_versioning_layout_and_overwrite(encoder, tmp_path):
     with pytest.raises(ValueError, match="already exists.*overwrite=True"):
         export.export_encoder(encoder, tmp_path, version=1)
     assert "run" not in export.load_metadata(path1)
-    path1b = export.export_encoder(
-        encoder, tmp_path, version=1, overwrite=True, metadata={"run": "c"}
-    )
+    path1b = export.export_encoder(encoder, tmp_path, version=1, overwrite=True, metadata={"run": "c"})
     assert path1b == path1
     assert export.load_metadata(path1)["run"] == "c"
     # Explicit versions may leave gaps; the next free one follows the max.
@@ -192,9 +190,7 @@ def test_serving_without_keras_matches_encoder(encoder, exported, tmp_path):
         assert got.dtype == np.float32 and got.shape == (n, DIM)
         np.testing.assert_allclose(got, expected, atol=1e-5)
         normalized = np.load(tmp_path / f"normalized_{n}.npy")
-        np.testing.assert_allclose(
-            np.linalg.norm(normalized, axis=1), np.ones(n), atol=1e-5
-        )
+        np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), np.ones(n), atol=1e-5)
         np.testing.assert_allclose(
             normalized,
             expected / np.linalg.norm(expected, axis=1, keepdims=True),
@@ -266,9 +262,7 @@ def test_saved_model_cli_show(exported):
         "show", "--dir", exported, "--tag_set", "serve",
         "--signature_def", "serving_default",
     ]  # fmt: skip
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, env=_subprocess_env(), timeout=120
-    )
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_subprocess_env(), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     inputs, outputs = out.split("outputs")[:2]
@@ -362,9 +356,7 @@ def test_failed_export_leaves_nothing(encoder, tmp_path, monkeypatch, fail):
     with pytest.raises(error):
         export.export_encoder(encoder, tmp_path)
     with pytest.raises(error):
-        export.export_encoder(
-            encoder, tmp_path, version=1, overwrite=True, metadata={"run": "b"}
-        )
+        export.export_encoder(encoder, tmp_path, version=1, overwrite=True, metadata={"run": "b"})
     assert _entries(tmp_path) == ["1"]
     assert export.load_metadata(path1)["run"] == "a"  # old version intact
     assert os.path.isfile(os.path.join(path1, "saved_model.pb"))
@@ -401,9 +393,7 @@ def test_cli_export_and_errors(encoder, tmp_path, capsys):
     images = _images(4, seed=3)
     served = tf.saved_model.load(os.path.join(export_dir, "5"))
     np.testing.assert_allclose(
-        served.signatures["serving_default"](images=tf.constant(images))[
-            "embeddings"
-        ].numpy(),
+        served.signatures["serving_default"](images=tf.constant(images))["embeddings"].numpy(),
         _reference(encoder, images),
         atol=1e-5,
     )

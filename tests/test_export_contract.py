@@ -20,11 +20,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras_contrastive as kc
 from conftest import NO_KERAS_PRELUDE
 from conftest import random_views
 from conftest import train
+
+import keras_contrastive as kc
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, C = 16, 16, 3
@@ -513,8 +513,15 @@ SAVED_MODELS = {
             projection_hidden_dim=12,
             seed=7,
         ),
-        {"temperature": 0.3, "projection_dim": 8, "projection_hidden_dim": 12, "head_version": 2, "seed": 7,
-         "synchronized_bn": False, "num_classes": None},
+        {
+            "temperature": 0.3,
+            "projection_dim": 8,
+            "projection_hidden_dim": 12,
+            "head_version": 2,
+            "seed": 7,
+            "synchronized_bn": False,
+            "num_classes": None,
+        },
     ),
     "SimCLR_online_probe": (
         lambda: kc.SimCLR(_resnet18(), temperature=0.2, projection_dim=8, head_version=1, num_classes=5),
@@ -530,8 +537,15 @@ SAVED_MODELS = {
         lambda: kc.MoCoV3(
             _resnet18(), temperature=0.7, base_momentum=0.95, total_steps=50, projection_dim=8, hidden_dim=16
         ),
-        {"temperature": 0.7, "base_momentum": 0.95, "total_steps": 50, "projection_dim": 8, "hidden_dim": 16,
-         "projector_layers": 2, "predictor_layers": 2},
+        {
+            "temperature": 0.7,
+            "base_momentum": 0.95,
+            "total_steps": 50,
+            "projection_dim": 8,
+            "hidden_dim": 16,
+            "projector_layers": 2,
+            "predictor_layers": 2,
+        },
     ),
     "MoCoV3_ViTTiny": (
         lambda: kc.MoCoV3(_vit(), temperature=0.2, projection_dim=8, hidden_dim=16, num_classes=3),
@@ -575,9 +589,7 @@ def test_keras_file_round_trip_in_safe_mode(name, tmp_path):
     x = _images(5, seed=60).astype("float32") / 255.0
     encoder, reloaded_encoder = (model.encoder, reloaded.encoder) if is_trainer else (model, reloaded)
     want = keras.ops.convert_to_numpy(encoder(x, training=False))
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(reloaded_encoder(x, training=False)), want, rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded_encoder(x, training=False)), want, rtol=0, atol=1e-6)
     if is_trainer:
         np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), want, rtol=0, atol=1e-6)
         reloaded_config = reloaded.get_config()

@@ -2,9 +2,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cpu_strategy
+from conftest import shard
 
 from keras_contrastive import layers
-from conftest import cpu_strategy, shard
 
 
 def all_layers(model):
@@ -26,7 +27,8 @@ def randomize_batch_norms(model, seed=0):
     for bn in batch_norms(model):
         bn.set_weights(
             [
-                rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path or "gamma" in w.path
+                rng.uniform(0.5, 1.5, w.shape)
+                if "variance" in w.path or "gamma" in w.path
                 else rng.normal(0.0, 0.2, w.shape)
                 for w in bn.weights
             ]
@@ -150,9 +152,7 @@ def test_two_replicas_compute_the_statistics_one_replica_computes_on_the_whole_b
     # Negative control: the same model with plain BN on the same two halves.
     step(unconverted)
     control = moving_statistics(unconverted, strategy)
-    worst = max(
-        np.abs(value - want[key][0]).max() for key, replicas in control.items() for value in replicas
-    )
+    worst = max(np.abs(value - want[key][0]).max() for key, replicas in control.items() for value in replicas)
     assert worst > 0.1, worst
 
 
@@ -182,9 +182,7 @@ def test_keras_synchronized_bn_is_converted_because_one_pass_variance_cancels():
     assert worst > 1e-2, worst
 
 
-@pytest.mark.parametrize(
-    "application,kwargs", [("MobileNetV2", {"alpha": 0.35}), ("ResNet50", {})]
-)
+@pytest.mark.parametrize("application,kwargs", [("MobileNetV2", {"alpha": 0.35}), ("ResNet50", {})])
 def test_keras_application_nested_in_a_classifier(application, kwargs):
     backbone = getattr(keras.applications, application)(
         input_shape=(32, 32, 3), include_top=False, weights=None, **kwargs

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cpu_strategy
+from conftest import shard
 
 from keras_contrastive import losses
-from conftest import cpu_strategy, shard
 
 
 def nt_xent_numpy(z1, z2, temperature):
@@ -184,5 +185,9 @@ def test_cross_replica_info_nce_equals_single_replica(num_replicas, rng):
     expected = float(losses.info_nce(q, k, 0.2))
     strategy = cpu_strategy(num_replicas)
 
-    loss = tf.function(lambda a, b: strategy.run(lambda x, y: losses.info_nce(x, y, 0.2), args=(a, b)))(shard(strategy, q), shard(strategy, k))
-    np.testing.assert_allclose(np.mean([float(v) for v in strategy.experimental_local_results(loss)]), expected, rtol=1e-5)
+    loss = tf.function(lambda a, b: strategy.run(lambda x, y: losses.info_nce(x, y, 0.2), args=(a, b)))(
+        shard(strategy, q), shard(strategy, k)
+    )
+    np.testing.assert_allclose(
+        np.mean([float(v) for v in strategy.experimental_local_results(loss)]), expected, rtol=1e-5
+    )

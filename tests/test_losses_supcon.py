@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cpu_strategy
+from conftest import shard
 
 from keras_contrastive import losses
-from conftest import cpu_strategy, shard
 
 
 def supcon_numpy(features, labels, temperature, base_temperature, contrast_mode):

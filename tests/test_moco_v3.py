@@ -1,17 +1,25 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import assert_replicas_match_one_replica
+from conftest import cpu_strategy
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import train
 
 import keras_contrastive as kc
-from conftest import assert_replicas_match_one_replica, cpu_strategy, random_views, tiny_encoder, train
 
 
 def build(strategy, encoder=None, total_steps=10, **kwargs):
     with strategy.scope():
         model = kc.MoCoV3(
-            encoder or tiny_encoder(), temperature=0.2, hidden_dim=16, projection_dim=8,
-            total_steps=total_steps, synchronized_bn=True, **kwargs,
+            encoder or tiny_encoder(),
+            temperature=0.2,
+            hidden_dim=16,
+            projection_dim=8,
+            total_steps=total_steps,
+            synchronized_bn=True,
+            **kwargs,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
@@ -89,9 +97,13 @@ def test_loss_is_symmetric_info_nce():
     model = build(cpu_strategy(1))
     views = random_views(8)
     logs = model.evaluate(views, batch_size=8, verbose=0, return_dict=True)
-    q = [model.predictor(model.projector(model.encoder(views[:, i], training=False), training=False), training=False)
-         for i in range(2)]
-    k = [model.momentum_projector(model.momentum_encoder(views[:, i], training=False), training=False) for i in range(2)]
+    q = [
+        model.predictor(model.projector(model.encoder(views[:, i], training=False), training=False), training=False)
+        for i in range(2)
+    ]
+    k = [
+        model.momentum_projector(model.momentum_encoder(views[:, i], training=False), training=False) for i in range(2)
+    ]
     want = kc.losses.info_nce(q[0], k[1], 0.2) + kc.losses.info_nce(q[1], k[0], 0.2)
     np.testing.assert_allclose(logs["loss"], float(want), rtol=1e-5)
 
@@ -156,11 +168,20 @@ def test_short_run_on_real_fashion_mnist_lowers_the_loss(arch):
     # slowly for a 40-step test (it starts at 4 t log(256) and fell by 3%).
     model = kc.MoCoV3(encoder, augmenters, temperature=0.2, hidden_dim=256, projection_dim=64, total_steps=40)
     model.compile(optimizer=optimizer)
-    held_out = next(iter(kc.data.contrastive_views(
-        kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenters, 256, seed=1)))[0]
+    held_out = next(
+        iter(
+            kc.data.contrastive_views(
+                kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenters, 256, seed=1
+            )
+        )
+    )[0]
     before = model.evaluate(held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     train_ds = kc.data.load("fashion_mnist", "train[:1024]", image_size=32)
-    model.fit(model.views_dataset(train_ds, 64, shuffle_buffer=1024, seed=0, repeat=True),
-              epochs=1, steps_per_epoch=40, verbose=0)
+    model.fit(
+        model.views_dataset(train_ds, 64, shuffle_buffer=1024, seed=0, repeat=True),
+        epochs=1,
+        steps_per_epoch=40,
+        verbose=0,
+    )
     after = model.evaluate(held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     assert after < before - 0.1, (before, after)

@@ -17,8 +17,24 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "recipe_runner.py")
-TINY = ["--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
-        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0"]
+TINY = [
+    "--max_train_examples",
+    "512",
+    "--epochs",
+    "2",
+    "--steps_per_epoch",
+    "3",
+    "--batch_size",
+    "64",
+    "--width_multiplier",
+    "0.125",
+    "--linear_probe_epochs",
+    "2",
+    "--knn_k",
+    "20",
+    "--verbose",
+    "0",
+]
 
 
 def free_ports(n):
@@ -36,14 +52,34 @@ def start_workers(tmp_path, runner_flags=(), recipe_flags=(), recipe=None, name=
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}),
+        )
         dirs = ["--model_dir", str(tmp_path / f"run{index}"), "--export_dir", str(tmp_path / f"export{index}")]
         if recipe is None:
-            cmd = [sys.executable, RUNNER, "simclr", str(tmp_path / f"worker{index}.npz"), *runner_flags[index], "--",
-                   "--strategy", "multi_worker", *TINY, *recipe_flags, *dirs]
+            cmd = [
+                sys.executable,
+                RUNNER,
+                "simclr",
+                str(tmp_path / f"worker{index}.npz"),
+                *runner_flags[index],
+                "--",
+                "--strategy",
+                "multi_worker",
+                *TINY,
+                *recipe_flags,
+                *dirs,
+            ]
         else:
-            cmd = [sys.executable, os.path.join(ROOT, "recipes", f"{recipe}.py"), "--strategy", "multi_worker",
-                   *recipe_flags, *dirs]
+            cmd = [
+                sys.executable,
+                os.path.join(ROOT, "recipes", f"{recipe}.py"),
+                "--strategy",
+                "multi_worker",
+                *recipe_flags,
+                *dirs,
+            ]
         log = open(tmp_path / f"{name}{index}.log", "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
     return procs
@@ -63,9 +99,25 @@ def test_two_workers_train_like_two_local_replicas_and_only_the_chief_writes(tmp
 
     # The same recipe as one process with MirroredStrategy over 2 logical CPUs.
     ref = subprocess.run(
-        [sys.executable, RUNNER, "simclr", str(tmp_path / "mirrored.npz"), "--logical_cpus", "2", "--",
-         "--strategy", "mirrored", *TINY, "--model_dir", str(tmp_path / "ref"), "--export_dir", str(tmp_path / "ref_export")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            RUNNER,
+            "simclr",
+            str(tmp_path / "mirrored.npz"),
+            "--logical_cpus",
+            "2",
+            "--",
+            "--strategy",
+            "mirrored",
+            *TINY,
+            "--model_dir",
+            str(tmp_path / "ref"),
+            "--export_dir",
+            str(tmp_path / "ref_export"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert "MirroredStrategy, 2 replica(s)" in ref.stdout and "2 replica(s)" in log_tail(tmp_path, 1)
@@ -110,9 +162,24 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
     assert "Classifier test accuracy" in log_tail(tmp_path, 0, "supervised")
     assert (tmp_path / "export0" / "1" / "saved_model.pb").exists() and not (tmp_path / "run1").exists()
 
-    finetune = ["--encoder_path", str(tmp_path / "export0"), "--max_train_examples", "512", "--label_fractions", "0.1",
-                "--min_steps", "3", "--finetune_epochs", "1", "--batch_size", "32", "--width_multiplier", "0.125",
-                "--verbose", "0"]
+    finetune = [
+        "--encoder_path",
+        str(tmp_path / "export0"),
+        "--max_train_examples",
+        "512",
+        "--label_fractions",
+        "0.1",
+        "--min_steps",
+        "3",
+        "--finetune_epochs",
+        "1",
+        "--batch_size",
+        "32",
+        "--width_multiplier",
+        "0.125",
+        "--verbose",
+        "0",
+    ]
     (tmp_path / "run0").rename(tmp_path / "supervised_run0")
     procs = start_workers(tmp_path, recipe="finetune", recipe_flags=finetune, name="finetune")
     for index, proc in enumerate(procs):

@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
 
 from keras_contrastive import optimizers
@@ -29,8 +29,11 @@ def test_two_updates_match_reference(nesterov, rng):
         gk = rng.normal(size=(3, 4)).astype("float32")
         gb = rng.normal(size=(4,)).astype("float32")
         opt.apply([gk, gb], [kernel, bias])
-        ref["k"] = lars_reference(*ref["k"], gk, 0.5, 0.9, 1e-3, 0.01, False, nesterov) if False else \
-            lars_reference(ref["k"][0], gk, ref["k"][1], 0.5, 0.9, 1e-3, 0.01, False, nesterov)
+        ref["k"] = (
+            lars_reference(*ref["k"], gk, 0.5, 0.9, 1e-3, 0.01, False, nesterov)
+            if False
+            else lars_reference(ref["k"][0], gk, ref["k"][1], 0.5, 0.9, 1e-3, 0.01, False, nesterov)
+        )
         ref["b"] = lars_reference(ref["b"][0], gb, ref["b"][1], 0.5, 0.9, 1e-3, 0.01, True, nesterov)
     np.testing.assert_allclose(kernel.numpy(), ref["k"][0], rtol=1e-5)
     np.testing.assert_allclose(bias.numpy(), ref["b"][0], rtol=1e-5)
@@ -87,9 +90,13 @@ def test_sgd_weight_decay_forms_match_hand_computation(decay_type, rng):
     for gk, gb in grads:
         opt.apply([gk, gb], [kernel, bias])
     coupled = decay_type == "coupled"
-    np.testing.assert_allclose(kernel.numpy(), sgd_reference(k0, [g for g, _ in grads], 0.5, 0.9, 0.01, coupled), rtol=1e-5)
+    np.testing.assert_allclose(
+        kernel.numpy(), sgd_reference(k0, [g for g, _ in grads], 0.5, 0.9, 0.01, coupled), rtol=1e-5
+    )
     # The bias (rank 1) is excluded from decay.
-    np.testing.assert_allclose(bias.numpy(), sgd_reference(b0, [g for _, g in grads], 0.5, 0.9, 0.0, coupled), rtol=1e-5)
+    np.testing.assert_allclose(
+        bias.numpy(), sgd_reference(b0, [g for _, g in grads], 0.5, 0.9, 0.0, coupled), rtol=1e-5
+    )
 
 
 def test_coupled_decay_is_about_ten_times_decoupled_at_momentum_0_9():
@@ -106,7 +113,9 @@ def test_coupled_decay_is_about_ten_times_decoupled_at_momentum_0_9():
 
 def test_sgd_config_round_trip_and_validation():
     for decay_type in optimizers.WEIGHT_DECAY_TYPES:
-        opt = optimizers.SGD(0.1, momentum=0.8, weight_decay=5e-4, weight_decay_type=decay_type, exclude_bias_and_norm=True)
+        opt = optimizers.SGD(
+            0.1, momentum=0.8, weight_decay=5e-4, weight_decay_type=decay_type, exclude_bias_and_norm=True
+        )
         clone = optimizers.SGD.from_config(opt.get_config())
         assert (clone.weight_decay_type, clone.exclude_bias_and_norm, clone.momentum) == (decay_type, True, 0.8)
         assert (clone.coupled_weight_decay, clone.weight_decay) == (

@@ -11,14 +11,38 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-TINY = ["--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
-        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0"]
+TINY = [
+    "--max_train_examples",
+    "512",
+    "--epochs",
+    "2",
+    "--steps_per_epoch",
+    "3",
+    "--batch_size",
+    "64",
+    "--width_multiplier",
+    "0.125",
+    "--linear_probe_epochs",
+    "2",
+    "--knn_k",
+    "20",
+    "--verbose",
+    "0",
+]
 
 
 def run_recipe(name, tmp_path, *extra):
     model_dir, export_dir = tmp_path / "run", tmp_path / "export"
-    cmd = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), *TINY,
-           "--model_dir", str(model_dir), "--export_dir", str(export_dir), *extra]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "recipes", f"{name}.py"),
+        *TINY,
+        "--model_dir",
+        str(model_dir),
+        "--export_dir",
+        str(export_dir),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads((model_dir / "results.json").read_text()), model_dir, export_dir
@@ -45,6 +69,7 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
     assert 0.1 < results["knn_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
     import keras
+
     import keras_contrastive as kc
 
     model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
@@ -63,10 +88,30 @@ def test_supervised_baseline_recipe_end_to_end(tmp_path):
 def test_simclr_recipe_end_to_end(tmp_path):
     model_dir, export_dir = tmp_path / "run", tmp_path / "export"
     cmd = [
-        sys.executable, os.path.join(ROOT, "recipes", "simclr.py"),
-        "--max_train_examples", "512", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "64",
-        "--width_multiplier", "0.125", "--linear_probe_epochs", "2", "--knn_k", "20", "--strategy", "mirrored",
-        "--model_dir", str(model_dir), "--export_dir", str(export_dir), "--verbose", "0",
+        sys.executable,
+        os.path.join(ROOT, "recipes", "simclr.py"),
+        "--max_train_examples",
+        "512",
+        "--epochs",
+        "2",
+        "--steps_per_epoch",
+        "3",
+        "--batch_size",
+        "64",
+        "--width_multiplier",
+        "0.125",
+        "--linear_probe_epochs",
+        "2",
+        "--knn_k",
+        "20",
+        "--strategy",
+        "mirrored",
+        "--model_dir",
+        str(model_dir),
+        "--export_dir",
+        str(export_dir),
+        "--verbose",
+        "0",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,6 +126,7 @@ def test_simclr_recipe_end_to_end(tmp_path):
     # The exported encoder is the trained one: reload the last checkpoint and compare.
     import keras
     import tensorflow as tf
+
     import keras_contrastive as kc
 
     model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
@@ -96,9 +142,22 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
     _, pretrain_results, model_dir, export_dir = run_recipe("simclr", tmp_path / "pretrain")
     for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
         out = tmp_path / ("eval_" + os.path.basename(source))
-        cmd = [sys.executable, os.path.join(ROOT, "recipes", "linear_eval.py"), "--encoder_path", source,
-               "--max_train_examples", "512", "--linear_probe_epochs", "2", "--knn_k", "20", "--verbose", "0",
-               "--model_dir", str(out)]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "linear_eval.py"),
+            "--encoder_path",
+            source,
+            "--max_train_examples",
+            "512",
+            "--linear_probe_epochs",
+            "2",
+            "--knn_k",
+            "20",
+            "--verbose",
+            "0",
+            "--model_dir",
+            str(out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads((out / "results.json").read_text())
@@ -109,10 +168,28 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
     assert "recorded at export" in proc.stdout or source.endswith(".keras")
     for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
         out = tmp_path / ("ft_" + os.path.basename(source))
-        cmd = [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder_path", source,
-               "--max_train_examples", "512", "--label_fractions", "0.1,1.0", "--min_steps", "3",
-               "--finetune_epochs", "1", "--batch_size", "32", "--width_multiplier", "0.125",
-               "--model_dir", str(out), "--verbose", "0"]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "finetune.py"),
+            "--encoder_path",
+            source,
+            "--max_train_examples",
+            "512",
+            "--label_fractions",
+            "0.1,1.0",
+            "--min_steps",
+            "3",
+            "--finetune_epochs",
+            "1",
+            "--batch_size",
+            "32",
+            "--width_multiplier",
+            "0.125",
+            "--model_dir",
+            str(out),
+            "--verbose",
+            "0",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads((out / "results.json").read_text())
@@ -132,13 +209,38 @@ def test_balanced_subset_takes_the_fraction_of_every_class():
     assert not np.array_equal(idx, balanced_subset(labels, 0.1, seed=1))
 
 
-RESUME = ["--max_train_examples", "512", "--epochs", "3", "--steps_per_epoch", "4", "--batch_size", "64",
-          "--width_multiplier", "0.125", "--no_eval", "--no_export", "--verbose", "0"]
+RESUME = [
+    "--max_train_examples",
+    "512",
+    "--epochs",
+    "3",
+    "--steps_per_epoch",
+    "4",
+    "--batch_size",
+    "64",
+    "--width_multiplier",
+    "0.125",
+    "--no_eval",
+    "--no_export",
+    "--verbose",
+    "0",
+]
 
 
 def run_runner(recipe, npz, model_dir, *flags, extra=()):
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "recipe_runner.py"), recipe, str(npz), "--deterministic", *flags,
-           "--", *RESUME, *extra, "--model_dir", str(model_dir)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tests", "recipe_runner.py"),
+        recipe,
+        str(npz),
+        "--deterministic",
+        *flags,
+        "--",
+        *RESUME,
+        *extra,
+        "--model_dir",
+        str(model_dir),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -150,7 +252,9 @@ def run_runner(recipe, npz, model_dir, *flags, extra=()):
         ("mocov3", 7, 2, 6),  # SIGKILL mid-epoch: loses the one step since the last backup
     ],
 )
-def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, recipe, kill_at_step, backup_every, resumed_at):
+def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(
+    tmp_path, recipe, kill_at_step, backup_every, resumed_at
+):
     extra = ["--backup_every", str(backup_every)] + (["--hidden_dim", "32"] if recipe == "mocov3" else [])
     full = run_runner(recipe, tmp_path / "full.npz", tmp_path / "full", extra=extra)
     assert full.returncode == 0, full.stderr[-3000:]

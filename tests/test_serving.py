@@ -105,9 +105,7 @@ def test_warmup_file_is_written_and_parses(exported):
         by_signature.setdefault(name, []).append(batch)
     assert sorted(by_signature["serving_default"]) == [1, 2]
     assert by_signature["serving_bytes"] == [1]
-    assert export.load_metadata(exported)["warmup_file"] == (
-        "assets.extra/tf_serving_warmup_requests"
-    )
+    assert export.load_metadata(exported)["warmup_file"] == ("assets.extra/tf_serving_warmup_requests")
     assert serving.read_warmup_requests(exported) == logs
 
 
@@ -288,9 +286,7 @@ def test_rest_instances_and_inputs_agree(encoder, loaded):
     wire = json.loads(json.dumps(serving.rest_predict(loaded, {"instances": pixels})))
     np.testing.assert_allclose(_rest_numbers(wire, "predictions"), expected, atol=1e-5)
 
-    normalized = serving.rest_predict(
-        loaded, {"signature_name": "embed_normalized", "instances": pixels}
-    )
+    normalized = serving.rest_predict(loaded, {"signature_name": "embed_normalized", "instances": pixels})
     np.testing.assert_allclose(
         _rest_numbers(normalized, "predictions"),
         expected / np.linalg.norm(expected, axis=1, keepdims=True),
@@ -305,9 +301,7 @@ def test_rest_base64_png_matches_uint8(encoder, exported):
     assert all(png.startswith(b"\x89PNG") for png in pngs)
     b64 = [{"b64": base64.b64encode(png).decode("ascii")} for png in pngs]
     uint8 = serving.rest_predict(exported, {"instances": images.tolist()})
-    rows = serving.rest_predict(
-        exported, {"signature_name": "serving_bytes", "instances": b64}
-    )
+    rows = serving.rest_predict(exported, {"signature_name": "serving_bytes", "instances": b64})
     columns = serving.rest_predict(
         exported,
         {"signature_name": "serving_bytes", "inputs": {"image_bytes": b64}},
@@ -331,7 +325,10 @@ _IMAGE = _images(1, seed=0)[0].tolist()
         ({"instances": [_IMAGE], "inputs": [_IMAGE]}, "only one of 'inputs' or 'instances'"),
         ({"signature_name": "serving_default"}, "Missing 'inputs' or 'instances' key"),
         ({"instances": [_IMAGE, _IMAGE[:8]]}, r"element 1.*expecting shape \[16, 16, 3\].*\[8, 16, 3\]"),
-        ({"instances": [_IMAGE[:-1] + [_IMAGE[-1][:5]]]}, r"ragged nested list: got a list of 5 at index \[15\], expected a list of 16"),
+        (
+            {"instances": [_IMAGE[:-1] + [_IMAGE[-1][:5]]]},
+            r"ragged nested list: got a list of 5 at index \[15\], expected a list of 16",
+        ),
         ({"signature_name": "embed", "instances": [_IMAGE]}, r'Serving signature key "embed" not found'),
         ({"instances": []}, "No values in 'instances'"),
         ([_IMAGE], "must be a JSON object"),
@@ -339,7 +336,10 @@ _IMAGE = _images(1, seed=0)[0].tolist()
         ({"instances": [[[[0.5] * C] * W] * H]}, r"JSON value 0.5 of type float is not of expected type: uint8"),
         ({"instances": [[[[256] * C] * W] * H]}, r"256 is out of range for uint8"),
         ({"inputs": {"image": [_IMAGE]}}, r"Missing named input: images in 'inputs' object"),
-        ({"instances": [{"images": _IMAGE, "extra": 1}]}, r"keys \['extra', 'images'\] must be equal to .*\['images'\]"),
+        (
+            {"instances": [{"images": _IMAGE, "extra": 1}]},
+            r"keys \['extra', 'images'\] must be equal to .*\['images'\]",
+        ),
         ({"signature_name": "serving_bytes", "instances": [{"b64": "!!notbase64"}]}, "Unable to base64 decode"),
         ({"signature_name": "serving_bytes", "instances": [{"b64": "aGk="}]}, "failed on the request's inputs"),
     ],
@@ -359,9 +359,7 @@ def test_export_without_tensorflow_serving(encoder, tmp_path, monkeypatch):
 
     with pytest.warns(UserWarning, match=r"pip install --no-deps tensorflow-serving-api"):
         path = export.export_encoder(encoder, tmp_path / MODEL_NAME)
-    assert not os.path.exists(
-        os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
-    )
+    assert not os.path.exists(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
     assert export.load_metadata(path)["warmup_file"] is None
     images = _images(2, seed=13)
     served = tf.saved_model.load(path).signatures["serving_default"]

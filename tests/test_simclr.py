@@ -1,17 +1,26 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_replicas_match_one_replica
+from conftest import cpu_strategy
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import train
+from conftest import weights_of
 
 import keras_contrastive as kc
-from conftest import assert_replicas_match_one_replica, cpu_strategy, random_views, tiny_encoder, train, weights_of
 
 
 def build(strategy, synchronized_bn=True, num_classes=None, head_version=2, learning_rate=0.01, **compile_kwargs):
     with strategy.scope():
         model = kc.SimCLR(
-            tiny_encoder(synchronized_bn=synchronized_bn), temperature=0.2, projection_dim=8,
-            head_version=head_version, synchronized_bn=synchronized_bn, num_classes=num_classes,
+            tiny_encoder(synchronized_bn=synchronized_bn),
+            temperature=0.2,
+            projection_dim=8,
+            head_version=head_version,
+            synchronized_bn=synchronized_bn,
+            num_classes=num_classes,
         )
         model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), **compile_kwargs)
     return model
@@ -51,8 +60,9 @@ def test_online_probe_does_not_change_encoder_gradients():
     labels = np.random.default_rng(1).integers(0, 3, 32)
     plain = build(cpu_strategy(1))
     probed = build(cpu_strategy(1), num_classes=3)
-    for a, b in zip(plain.encoder.weights + plain.projection_head.weights,
-                    probed.encoder.weights + probed.projection_head.weights):
+    for a, b in zip(
+        plain.encoder.weights + plain.projection_head.weights, probed.encoder.weights + probed.projection_head.weights
+    ):
         b.assign(a)
     probe_before = probed.probe.kernel.numpy().copy()
     train(plain, views)
@@ -95,8 +105,9 @@ def test_raw_images_are_augmented_in_the_step():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = kc.SimCLR(tiny_encoder(), kc.augment.SimCLRAugmenter(16, seed=3), temperature=0.3,
-                      projection_dim=8, num_classes=4)
+    model = kc.SimCLR(
+        tiny_encoder(), kc.augment.SimCLRAugmenter(16, seed=3), temperature=0.3, projection_dim=8, num_classes=4
+    )
     model.compile(optimizer=kc.optimizers.LARS(0.1))
     train(model, random_views(16), np.arange(16) % 4, steps=1)
     path = str(tmp_path / "simclr.keras")
@@ -136,8 +147,13 @@ def test_short_run_on_real_fashion_mnist_lowers_the_loss():
     model = kc.SimCLR(kc.encoders.ResNet18((32, 32, 1), width_multiplier=0.125), augmenter, temperature=0.5)
     model.compile(optimizer=kc.optimizers.LARS(kc.optimizers.warmup_cosine(1.0, 40, 4), weight_decay=1e-6))
     # A fixed held-out set of views, evaluated before and after training.
-    held_out = next(iter(kc.data.contrastive_views(
-        kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenter, 256, seed=1)))[0]
+    held_out = next(
+        iter(
+            kc.data.contrastive_views(
+                kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenter, 256, seed=1
+            )
+        )
+    )[0]
     before = model.evaluate(held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     views = model.views_dataset(train, 64, shuffle_buffer=512, seed=0, repeat=True)
     model.fit(views, epochs=1, steps_per_epoch=40, verbose=0)

@@ -1,17 +1,25 @@
-import numpy as np
 import keras
+import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import assert_replicas_match_one_replica
+from conftest import cpu_strategy
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import train
 
 import keras_contrastive as kc
-from conftest import assert_replicas_match_one_replica, cpu_strategy, random_views, tiny_encoder, train, weights_of
 
 
 def build(strategy, num_views=2, contrast_mode="all", **kwargs):
     with strategy.scope():
         model = kc.SupCon(
-            tiny_encoder(), temperature=0.2, base_temperature=0.1, contrast_mode=contrast_mode,
-            num_views=num_views, projection_dim=8, **kwargs,
+            tiny_encoder(),
+            temperature=0.2,
+            base_temperature=0.1,
+            contrast_mode=contrast_mode,
+            num_views=num_views,
+            projection_dim=8,
+            **kwargs,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     return model
@@ -74,11 +82,20 @@ def test_short_run_on_real_fashion_mnist_lowers_the_loss():
     keras.utils.set_random_seed(0)
     model = kc.SupCon(kc.encoders.ResNet18((32, 32, 1), width_multiplier=0.125), augmenter)
     model.compile(optimizer=kc.optimizers.LARS(kc.optimizers.warmup_cosine(1.0, 40, 4), weight_decay=1e-6))
-    held_out = next(iter(kc.data.contrastive_views(
-        kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenter, 256, seed=1)))
+    held_out = next(
+        iter(
+            kc.data.contrastive_views(
+                kc.data.load("fashion_mnist", "test[:256]", image_size=32), augmenter, 256, seed=1
+            )
+        )
+    )
     before = model.evaluate(*held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     train_ds = kc.data.load("fashion_mnist", "train[:512]", image_size=32)
-    model.fit(model.views_dataset(train_ds, 64, shuffle_buffer=512, seed=0, repeat=True),
-              epochs=1, steps_per_epoch=40, verbose=0)
+    model.fit(
+        model.views_dataset(train_ds, 64, shuffle_buffer=512, seed=0, repeat=True),
+        epochs=1,
+        steps_per_epoch=40,
+        verbose=0,
+    )
     after = model.evaluate(*held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     assert after < before - 0.3, (before, after)

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_views
 
 import keras_contrastive as kc
-from conftest import random_views
 
 L2 = 0.05
 L1_ACTIVITY = 0.01
@@ -69,8 +69,10 @@ def test_moco_v3_counts_activity_losses_of_both_views_and_not_of_the_momentum_br
     views = random_views(8)
     model = kc.MoCoV3(regularized_encoder(), temperature=0.2, hidden_dim=8, projection_dim=4, synchronized_bn=False)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
-    q = [model.predictor(model.projector(model.encoder(views[:, v], training=True), training=True), training=True)
-         for v in range(2)]
+    q = [
+        model.predictor(model.projector(model.encoder(views[:, v], training=True), training=True), training=True)
+        for v in range(2)
+    ]
     k = [model.momentum_projector(model.momentum_encoder(views[:, v], training=True), training=True) for v in range(2)]
     contrastive = kc.losses.info_nce(q[0], k[1], 0.2) + kc.losses.info_nce(q[1], k[0], 0.2)
     kernel_penalty = L2 * tf.reduce_sum(tf.square(model.encoder.get_layer("conv").kernel))
@@ -105,10 +107,21 @@ def test_probe_labels_out_of_range_are_a_clear_error():
 def _non_default_arguments(cls):
     """Constructor arguments (other than objects) with values unlike their defaults."""
     values = {
-        "temperature": 0.37, "base_temperature": 0.11, "projection_dim": 6, "projection_hidden_dim": 10,
-        "head_version": 1, "synchronized_bn": True, "num_classes": 4, "seed": 7, "num_views": 3,
-        "contrast_mode": "one", "base_momentum": 0.95, "total_steps": 33, "hidden_dim": 12,
-        "projector_layers": 3, "predictor_layers": 3,
+        "temperature": 0.37,
+        "base_temperature": 0.11,
+        "projection_dim": 6,
+        "projection_hidden_dim": 10,
+        "head_version": 1,
+        "synchronized_bn": True,
+        "num_classes": 4,
+        "seed": 7,
+        "num_views": 3,
+        "contrast_mode": "one",
+        "base_momentum": 0.95,
+        "total_steps": 33,
+        "hidden_dim": 12,
+        "projector_layers": 3,
+        "predictor_layers": 3,
     }
     if cls is kc.MoCoV3:
         values["num_views"] = 2

@@ -1,11 +1,13 @@
 """Every trainer under jit_compile=True and under mixed_bfloat16: finite losses, one trace."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import train
 
 import keras_contrastive as kc
-from conftest import random_views, tiny_encoder, train
 
 LABELS = np.arange(48) % 4
 

@@ -218,8 +218,7 @@ class ContrastiveTrainer(keras.Model):
                 views.append(self._augmenter_for(v)(x, seed=seed))
             return views
         raise ValueError(
-            f"Expected views [batch, {self.num_views}, H, W, C] or images [batch, H, W, C]; "
-            f"got shape {x.shape}."
+            f"Expected views [batch, {self.num_views}, H, W, C] or images [batch, H, W, C]; got shape {x.shape}."
         )
 
     def regularized_layers(self):
@@ -354,8 +353,10 @@ class ContrastiveTrainer(keras.Model):
         # (keras-team/keras#20585). Every trainer here creates its variables in
         # __init__, so unless compile() added Keras losses or metrics, which do
         # need a batch to build, only the optimizer remains to be built.
-        if self._compile_loss is None and self._compile_metrics is None and all(
-            layer.built for layer in self._flatten_layers()
+        if (
+            self._compile_loss is None
+            and self._compile_metrics is None
+            and all(layer.built for layer in self._flatten_layers())
         ):
             with self.distribute_strategy.scope():
                 self._symbolic_build(data_batch=None)

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_contrastive import ema
 from keras_contrastive import distribute
+from keras_contrastive import ema
 from keras_contrastive import heads
 from keras_contrastive import losses
 from keras_contrastive.trainers.base import ContrastiveTrainer
@@ -146,7 +146,10 @@ class MoCoV3(ContrastiveTrainer):
         not averaged: each branch keeps its own, as in the reference code.
         """
         pairs = []
-        for key_model, query_model in ((self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)):
+        for key_model, query_model in (
+            (self.momentum_encoder, self.encoder),
+            (self.momentum_projector, self.projector),
+        ):
             pairs += [(key, query) for key, query in zip(key_model.weights, query_model.weights) if query.trainable]
         return pairs
 
