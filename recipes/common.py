@@ -73,7 +73,7 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     )
     p.add_argument("--warmup_epochs", type=float, default=0.2)
     p.add_argument("--knn_k", type=int, default=200)
-    p.add_argument("--linear_probe_epochs", type=int, default=30, help="0 skips the linear probe")
+    p.add_argument("--linear_probe_epochs", type=int, default=50, help="0 skips the linear probe")
     p.add_argument("--no_export", action="store_true")
     p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
     p.add_argument("--verbose", type=int, default=1)
