@@ -39,11 +39,28 @@ import tempfile
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import keras_contrastive as kc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ABLATION_KNOBS = (
+    "learning_rate",
+    "weight_decay",
+    "weight_decay_type",
+    "exclude_bias_and_norm",
+    "temperature",
+    "crop_min",
+    "jitter",
+    "zero_init_residual",
+    "head",
+    "per_view_bn",
+    "normalize",
+    "precision",
+    "batch_size",
+    "seed",
+)
 ROWS = [
     "pixels",
     "random",
@@ -90,6 +107,17 @@ def parse_args(argv=None):
         choices=["lightly", "v1", "v2"],
         help="lightly: Dense(d)-BN-ReLU-Dense(128) as lightly's SimCLRProjectionHead; v1/v2: SimCLR's heads",
     )
+    p.add_argument(
+        "--per_view_bn",
+        action="store_true",
+        help="encode each view in its own call, so BatchNorm normalizes each view's batch alone (lightly's examples) "
+        "instead of the 2N views together (SimCLR's reference code)",
+    )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="standardize inputs with ImageNet's mean and std before the encoder (lightly's SimCLRTransform default)",
+    )
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     return p.parse_args(argv)
 
@@ -102,9 +130,16 @@ def load_data():
 
 def encoder(args):
     keras.utils.set_random_seed(args.seed)
-    return kc.encoders.ResNet18(
+    resnet = kc.encoders.ResNet18(
         (32, 32, 3), stem="cifar", width_multiplier=0.25, zero_init_residual=args.zero_init_residual
     )
+    if not args.normalize:
+        return resnet
+    # torchvision's ImageNet statistics, as lightly's transforms apply them.
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    inputs = keras.Input((32, 32, 3))
+    normalized = keras.layers.Normalization(mean=mean, variance=std**2)(inputs)
+    return keras.Model(inputs, resnet(normalized), name="normalized_resnet18")
 
 
 def sgd(args, steps):
@@ -145,6 +180,8 @@ def simclr_row(args, train, test):
     model = kc.SimCLR(
         enc, augmenter, temperature=args.temperature, head_version=2 if args.head == "v2" else 1, projection_head=head
     )
+    if args.per_view_bn:
+        model.concatenate_views = False
     steps = len(train[0]) // args.batch_size
     model.compile(optimizer=sgd(args, args.epochs * steps))
     views = model.views_dataset(
@@ -193,8 +230,15 @@ def recipe_row(args, name):
 
 def row_name(args, row):
     if row == "simclr":
+        # Name the knobs that differ from the reference protocol, so every ablation row says what it changed.
+        defaults = vars(parse_args([]))
+        knobs = [
+            f"--{key}" + ("" if value is True else f" {value}")
+            for key, value in vars(args).items()
+            if key in ABLATION_KNOBS and value != defaults[key]
+        ]
         name = f"keras_contrastive SimCLR, reference protocol ({args.epochs} epochs)"
-        return name + (f", {args.label}" if args.label else "")
+        return name + "".join(f", {text}" for text in [*knobs, args.label] if text)
     return {
         "pixels": "raw pixels",
         "random": "random-init encoder",
