@@ -74,6 +74,12 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--warmup_epochs", type=float, default=0.2)
     p.add_argument("--knn_k", type=int, default=200)
     p.add_argument("--linear_probe_epochs", type=int, default=50, help="0 skips the linear probe")
+    p.add_argument(
+        "--linear_probe_solver",
+        default="lbfgs",
+        choices=list(kc.evaluation.PROBE_SOLVERS),
+        help="lbfgs: scikit-learn's LogisticRegression to convergence (the reference protocol); adamw: in batches",
+    )
     p.add_argument("--no_export", action="store_true")
     p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
     p.add_argument("--verbose", type=int, default=1)
@@ -249,6 +255,7 @@ def evaluate_frozen(args, encoder, train_arrays, test_arrays):
         (x_test, y_test),
         k=args.knn_k,
         probe_epochs=args.linear_probe_epochs,
+        solver=args.linear_probe_solver,
         verbose=args.verbose,
     )
     print(f"kNN accuracy (k={args.knn_k}, cosine, temperature 0.1): {results['knn_accuracy']:.4f}")

@@ -1,3 +1,5 @@
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -50,14 +52,19 @@ def test_knn_bad_input():
         evaluation.knn_predict(np.ones((3, 2)), [0, 1, 1], np.ones((1, 2)), temperature=0)
 
 
-def test_linear_probe_learns_separable_features(rng):
+@pytest.mark.parametrize("solver", evaluation.PROBE_SOLVERS)
+def test_linear_probe_learns_separable_features(rng, solver):
     centers = rng.normal(size=(3, 8)) * 3
     y = rng.integers(0, 3, 600)
     x = (centers[y] + rng.normal(size=(600, 8))).astype("float32")
-    acc = evaluation.linear_probe(x[:500], y[:500], x[500:], y[500:], epochs=20, batch_size=100, verbose=0)
+    acc = evaluation.linear_probe(
+        x[:500], y[:500], x[500:], y[500:], solver=solver, epochs=20, batch_size=100, verbose=0
+    )
     assert acc > 0.95
     # Shuffled labels: no better than chance + noise.
-    acc = evaluation.linear_probe(x[:500], rng.permutation(y[:500]), x[500:], y[500:], epochs=5, verbose=0)
+    acc = evaluation.linear_probe(
+        x[:500], rng.permutation(y[:500]), x[500:], y[500:], solver=solver, epochs=5, verbose=0
+    )
     assert acc < 0.6
 
 
@@ -122,3 +129,15 @@ def test_labels_out_of_range_are_clear_errors(rng):
         evaluation.knn_predict(f, y, f, k=3, num_classes=2)
     with pytest.raises(ValueError, match="integer class ids"):
         evaluation.linear_probe(f, y + 0.5, f, y, epochs=1, verbose=0)
+
+
+def test_lbfgs_probe_without_scikit_learn_names_the_pip_command(rng, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
+    f = rng.normal(size=(10, 4)).astype("float32")
+    y = np.arange(10) % 2
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        evaluation.linear_probe(f, y, f, y, verbose=0)
+    assert evaluation.linear_probe(f, y, f, y, solver="adamw", epochs=1, verbose=0) >= 0.0
+    with pytest.raises(ValueError, match="solver"):
+        evaluation.linear_probe(f, y, f, y, solver="sgd")
