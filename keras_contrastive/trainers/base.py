@@ -245,8 +245,6 @@ class ContrastiveTrainer(keras.Model):
     def _check_probe_labels(self, y):
         """Labels for the online probe must lie in [0, num_classes): checked in the graph."""
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
-        if not self.num_classes:
-            return labels
         message = (
             f"Labels for the online probe must be integers in [0, {self.num_classes}) "
             f"(num_classes={self.num_classes}); pass num_classes = the number of classes "
