@@ -7,6 +7,8 @@ story live here so that a flag means the same thing in all of them.
 
 import json
 import os
+import shlex
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info/warning logs out of the story
 
@@ -90,6 +92,14 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         help="back up every N steps (and each epoch); a killed run loses at most N",
     )
     return p
+
+
+def parse_args(parser, argv=None):
+    """Parses the flags; `args.flags` keeps them as given (the export's metadata records them for model cards)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser.parse_args(argv)
+    args.flags = shlex.join(argv)
+    return args
 
 
 def start(args):

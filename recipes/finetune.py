@@ -83,7 +83,7 @@ def main(argv=None):
     )
     # SimCLR's fine-tuning rate, 0.05 x batch / 256 (appendix B.5): base 0.1 at the default batch 128.
     parser.set_defaults(learning_rate=0.1)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: the full training split (labels subsampled below) and the test split.

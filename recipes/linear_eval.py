@@ -33,7 +33,7 @@ def main(argv=None):
         "--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras"
     )
     parser.set_defaults(image_size=None, channels=None)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     common.start(args)
 
     # 1. The frozen encoder on uint8 images: the served graph of an export, or a .keras file.

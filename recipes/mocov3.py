@@ -37,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--hidden_dim", type=int, default=1024, help="MLP width (4096 in the paper)")
     parser.add_argument("--augment_blur", action="store_true", help="MoCo v3's blur (off for 32x32 images)")
     parser.set_defaults(projection_dim=256)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.

@@ -27,11 +27,34 @@ import common
 
 import keras_contrastive as kc
 
+#: --head to SimCLR's `head_version` (the "bn" head replaces it through `projection_head`).
+HEADS = {"v1": 1, "v2": 2, "bn": 1}
+
+
+def projection_head(args, encoder):
+    if args.head != "bn":
+        return None
+    dim = kc.encoders.feature_dim(encoder)
+    return kc.heads.ProjectionHead([dim], args.projection_dim, batch_norm=True, name="projection_head")
+
 
 def main(argv=None):
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "simclr")
-    parser.add_argument("--head_version", type=int, default=2, choices=[1, 2])
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--head",
+        default="v2",
+        choices=sorted(HEADS),
+        help="v1: Dense-ReLU-Dense; v2: three Dense layers with BN on each (SimCLR v2); "
+        "bn: Dense-BN-ReLU-Dense (lightly's SimCLRProjectionHead)",
+    )
+    parser.add_argument(
+        "--per_view_bn",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="encode and project each view in its own call, so BatchNorm statistics are per view "
+        "(lightly's examples) instead of over the 2N views (SimCLR's code)",
+    )
+    args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: uint8 images; labels feed only the online probe and the evaluation.
@@ -51,7 +74,9 @@ def main(argv=None):
             augmenter,
             temperature=args.temperature,
             projection_dim=args.projection_dim,
-            head_version=args.head_version,
+            head_version=HEADS[args.head],
+            projection_head=projection_head(args, encoder),
+            concatenate_views=not args.per_view_bn,
             num_classes=num_classes,
             seed=args.seed,
         )

@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--contrast_mode", default="all", choices=["all", "one"])
     parser.add_argument("--num_views", type=int, default=2)
     parser.add_argument("--class_balanced", action="store_true")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: labelled uint8 images.

@@ -28,7 +28,7 @@ def main(argv=None):
     parser = common.add_common_flags(
         argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5
     )
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.

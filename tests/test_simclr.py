@@ -55,6 +55,25 @@ def test_loss_is_nt_xent_of_the_projections():
     np.testing.assert_allclose(logs["loss"], float(expected), rtol=1e-5)
 
 
+@pytest.mark.parametrize("concatenate_views", [True, False])
+def test_batch_norm_statistics_span_all_views_or_one_view(concatenate_views):
+    """Training-mode loss against the encoder and head called by hand: on the 2N views at once, or per view."""
+    with cpu_strategy(1).scope():
+        model = kc.SimCLR(tiny_encoder(), temperature=0.2, projection_dim=8, concatenate_views=concatenate_views)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    views = random_views(8)
+    loss = model.train_on_batch(views, return_dict=True)["loss"]
+
+    def projections(images):
+        return model.projection_head(model.encoder(images, training=True), training=True).numpy()
+
+    together = projections(np.concatenate([views[:, 0], views[:, 1]]))
+    per_view = np.concatenate([projections(views[:, 0]), projections(views[:, 1])])
+    expected, other = (together, per_view) if concatenate_views else (per_view, together)
+    np.testing.assert_allclose(loss, float(kc.losses.nt_xent(expected[:8], expected[8:], 0.2)), rtol=1e-5)
+    assert abs(loss - float(kc.losses.nt_xent(other[:8], other[8:], 0.2))) > 1e-3
+
+
 def test_online_probe_does_not_change_encoder_gradients():
     views = random_views(32)
     labels = np.random.default_rng(1).integers(0, 3, 32)

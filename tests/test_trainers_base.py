@@ -122,6 +122,7 @@ def _non_default_arguments(cls):
         "hidden_dim": 12,
         "projector_layers": 3,
         "predictor_layers": 3,
+        "concatenate_views": False,
     }
     if cls is kc.MoCoV3:
         values["num_views"] = 2
