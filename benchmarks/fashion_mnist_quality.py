@@ -110,7 +110,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--per_view_bn",
         action="store_true",
-        help="encode each view in its own call, so BatchNorm normalizes each view's batch alone (lightly's examples) "
+        help="encode and project each view in its own call, so BatchNorm normalizes each view's batch alone "
+        "(lightly's examples) "
         "instead of the 2N views together (SimCLR's reference code)",
     )
     p.add_argument(
@@ -178,10 +179,13 @@ def simclr_row(args, train, test):
         dim = kc.encoders.feature_dim(enc)
         head = kc.heads.ProjectionHead([dim], 128, batch_norm=True, name="projection_head")
     model = kc.SimCLR(
-        enc, augmenter, temperature=args.temperature, head_version=2 if args.head == "v2" else 1, projection_head=head
+        enc,
+        augmenter,
+        temperature=args.temperature,
+        head_version=2 if args.head == "v2" else 1,
+        projection_head=head,
+        concatenate_views=not args.per_view_bn,
     )
-    if args.per_view_bn:
-        model.concatenate_views = False
     steps = len(train[0]) // args.batch_size
     model.compile(optimizer=sgd(args, args.epochs * steps))
     views = model.views_dataset(
