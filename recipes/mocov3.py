@@ -36,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--base_momentum", type=float, default=0.99)
     parser.add_argument("--hidden_dim", type=int, default=1024, help="MLP width (4096 in the paper)")
     parser.add_argument("--augment_blur", action="store_true", help="MoCo v3's blur (off for 32x32 images)")
+    parser.add_argument("--crop_min", type=float, default=0.08, help="smallest crop area fraction (paper: 0.08)")
     parser.set_defaults(projection_dim=256)
     args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
@@ -47,7 +48,9 @@ def main(argv=None):
     num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
 
     # 2. MoCo v3's asymmetric pair of views (blur/solarize differ), made on the host.
-    augmenters = kc.augment.moco_v3_augmenters(args.image_size, seed=args.seed, blur=args.augment_blur)
+    augmenters = kc.augment.moco_v3_augmenters(
+        args.image_size, seed=args.seed, blur=args.augment_blur, crop_area=(args.crop_min, 1.0)
+    )
 
     # 3. Encoder and trainer: momentum schedule over the whole run.
     with strategy.scope():
