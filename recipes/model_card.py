@@ -73,6 +73,8 @@ def main(argv=None):
         "version": int(os.path.basename(version_path)),
         "method": metadata.get("method"),
         "command": command,
+        # Every flag's value, so the run can be repeated after the recipe's defaults change.
+        "all_flags": {k: v for k, v in sorted(flags.items()) if k != "flags"},
         "seed": flags.get("seed"),
         "epochs": flags.get("epochs"),
         "tensorflow_version": metadata["tensorflow_version"],
@@ -115,7 +117,8 @@ A {card["method"]} encoder (projection head removed) trained on the real Fashion
 without its labels, in the TF Serving layout: `{name}/{version}/` is a SavedModel version.
 
 - **Trained by**: `{card["command"]}` (seed {card["seed"]}, {card["epochs"]} epochs), TensorFlow
-  {card["tensorflow_version"]}, Keras {card["keras_version"]}, on {card["created"][:10]}.
+  {card["tensorflow_version"]}, Keras {card["keras_version"]}, on {card["created"][:10]}; every flag's value is in
+  `model_card.json` ("all_flags").
 - **Input**: `images`, uint8 `[batch, {size[0]}, {size[1]}, {size[2]}]` (Fashion-MNIST's 28x28 zero-padded to
   32x32, the gray channel repeated three times); the graph divides by 255 itself.
 - **Output**: `embeddings`, float32 `[batch, {card["output"]["dim"]}]`, the pooled features (`embed_normalized`
