@@ -13,6 +13,13 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--deterministic" in sys.argv[1 : sys.argv.index("--") if "--" in sys.argv else None]:
+    # Op determinism does not cover oneDNN's thread count: a convolution run from an inter-op thread
+    # may split its reduction over 1 or 2 threads depending on the machine's load, and a few SGD
+    # steps at lr 0.3 amplify that rounding to 1e-4 (seen in CI). One thread of each kind makes two
+    # runs of one command bit-identical whatever else the machine is doing.
+    os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
 import numpy as np  # noqa: E402
@@ -29,7 +36,9 @@ def main():
     parser.add_argument(
         "--kill_at_step", type=int, default=0, help="SIGKILL this process once N training steps are done"
     )
-    parser.add_argument("--deterministic", action="store_true", help="tf.config.experimental.enable_op_determinism()")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="op determinism, one intra-op and one inter-op thread"
+    )
     own = parser.parse_args(argv[:split])
     recipe_argv = argv[split + 1 :]
 
