@@ -103,9 +103,10 @@ def parse_args(argv=None):
     p.add_argument("--zero_init_residual", action="store_true", help="SimCLR's ResNet init (torchvision's otherwise)")
     p.add_argument(
         "--head",
-        default="lightly",
-        choices=["lightly", "v1", "v2"],
-        help="lightly: Dense(d)-BN-ReLU-Dense(128) as lightly's SimCLRProjectionHead; v1/v2: SimCLR's heads",
+        default="bn",
+        choices=["bn", "v1", "v2"],
+        help="bn: Dense(d)-BN-ReLU-Dense(128), kc.heads.batch_norm_projection_head (lightly's "
+        "SimCLRProjectionHead); v1/v2: SimCLR's heads",
     )
     p.add_argument(
         "--per_view_bn",
@@ -175,9 +176,8 @@ def simclr_row(args, train, test):
     )
     enc = encoder(args)
     head = None
-    if args.head == "lightly":
-        dim = kc.encoders.feature_dim(enc)
-        head = kc.heads.ProjectionHead([dim], 128, batch_norm=True, name="projection_head")
+    if args.head == "bn":
+        head = kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(enc))
     model = kc.SimCLR(
         enc,
         augmenter,

@@ -37,8 +37,7 @@ HEADS = {"v1": 1, "v2": 2, "bn": 1}
 def projection_head(args, encoder):
     if args.head != "bn":
         return None
-    dim = kc.encoders.feature_dim(encoder)
-    return kc.heads.ProjectionHead([dim], args.projection_dim, batch_norm=True, name="projection_head")
+    return kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(encoder), args.projection_dim)
 
 
 def main(argv=None):
