@@ -106,7 +106,7 @@ def parse_args(argv=None):
         default="bn",
         choices=["bn", "v1", "v2"],
         help="bn: Dense(d)-BN-ReLU-Dense(128), kc.heads.batch_norm_projection_head (lightly's "
-        "SimCLRProjectionHead); v1/v2: SimCLR's heads",
+        "SimCLRProjectionHead without its output BN); v1/v2: SimCLR's heads",
     )
     p.add_argument(
         "--per_view_bn",

@@ -147,10 +147,9 @@ def batch_norm_projection_head(feature_dim, projection_dim=128, hidden_dim=None,
     """SimCLR v1's head with BatchNorm on its hidden layer: Dense (no bias) ->
     BN -> ReLU -> Dense (with bias).
 
-    The head of lightly's `SimCLRProjectionHead`, and the one that measured best
-    for SimCLR on Fashion-MNIST at a few epochs (benchmarks/RESULTS.md): BN in
-    the head keeps the projections from drifting in scale at high learning
-    rates, without v2's extra layer.
+    The head that measured best for SimCLR on Fashion-MNIST at a few epochs
+    (benchmarks/RESULTS.md): v1's two layers with v2's BN in the hidden one.
+    (lightly's `SimCLRProjectionHead` is this plus a BN on the output.)
 
     Args:
         feature_dim: int. Encoder output size (the default hidden width).

@@ -47,7 +47,7 @@ def main(argv=None):
         default="bn",
         choices=sorted(HEADS),
         help="v1: Dense-ReLU-Dense; v2: three Dense layers with BN on each (SimCLR v2); "
-        "bn: Dense-BN-ReLU-Dense (lightly's SimCLRProjectionHead)",
+        "bn: Dense-BN-ReLU-Dense (kc.heads.batch_norm_projection_head)",
     )
     parser.add_argument(
         "--per_view_bn",
