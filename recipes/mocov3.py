@@ -4,6 +4,10 @@ Command (default: ResNet-18 width 0.25 on the real local Fashion-MNIST, LARS):
 
     python recipes/mocov3.py
 
+Fashion-MNIST defaults from the recorded runs in benchmarks/RESULTS.md: 4 epochs, temperature
+0.2 and crops of at least 20% of the image (the paper's ImageNet values, 1.0 and 8%, left the
+encoder below raw pixels at this budget).
+
 With a ViT (frozen random patch projection, AdamW as in the paper):
 
     python recipes/mocov3.py --encoder vit_tiny --patch_size 4 --optimizer adamw \
@@ -14,7 +18,7 @@ The paper's ImageNet ViT-S / ViT-B settings (accelerators, tfds data):
     python recipes/mocov3.py --dataset imagenet2012 --image_size 224 --encoder vit_small \
         --patch_size 16 --batch_size 4096 --epochs 300 --optimizer adamw --learning_rate 1.5e-4 \
         --lr_scaling linear --weight_decay 0.1 --warmup_epochs 40 --temperature 0.2 \
-        --base_momentum 0.99 --augment_blur
+        --base_momentum 0.99 --augment_blur --crop_min 0.08
     (ViT-B: --encoder vit_base; ResNet-50: --encoder resnet50 --stem imagenet --optimizer lars
      --learning_rate 0.3 --weight_decay 1.5e-6 --temperature 1.0 --warmup_epochs 10)
 
@@ -36,8 +40,10 @@ def main(argv=None):
     parser.add_argument("--base_momentum", type=float, default=0.99)
     parser.add_argument("--hidden_dim", type=int, default=1024, help="MLP width (4096 in the paper)")
     parser.add_argument("--augment_blur", action="store_true", help="MoCo v3's blur (off for 32x32 images)")
-    parser.add_argument("--crop_min", type=float, default=0.08, help="smallest crop area fraction (paper: 0.08)")
-    parser.set_defaults(projection_dim=256)
+    parser.add_argument("--crop_min", type=float, default=0.2, help="smallest crop area fraction (paper: 0.08)")
+    # Fashion-MNIST defaults from benchmarks/RESULTS.md (issue 10): T=0.2 and crop_min 0.2 at 4 epochs put kNN and
+    # the linear probe above raw pixels (79.48% / 84.21%); the paper's ResNet values gave 76.67% / 81.61%.
+    parser.set_defaults(projection_dim=256, epochs=4, temperature=0.2)
     args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
