@@ -5,6 +5,7 @@ evaluation, export, top to bottom); the steps that read the same in every
 story live here so that a flag means the same thing in all of them.
 """
 
+import argparse
 import json
 import os
 import shlex
@@ -92,6 +93,33 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         help="back up every N steps (and each epoch); a killed run loses at most N",
     )
     return p
+
+
+def add_head_flags(parser, head="bn", per_view_bn=True, choices=("bn", "v1", "v2")):
+    """--head and --per_view_bn, for recipes whose trainer takes `projection_head` and `concatenate_views`."""
+    help_by_name = {
+        "bn": "Dense-BN-ReLU-Dense (kc.heads.batch_norm_projection_head)",
+        "v1": "Dense-ReLU-Dense (SimCLR v1, SupCon)",
+        "v2": "three Dense layers with BN on each (SimCLR v2)",
+    }
+    parser.add_argument(
+        "--head", default=head, choices=list(choices), help="; ".join(f"{c}: {help_by_name[c]}" for c in choices)
+    )
+    parser.add_argument(
+        "--per_view_bn",
+        action=argparse.BooleanOptionalAction,
+        default=per_view_bn,
+        help="encode and project each view in its own call, so BatchNorm statistics are per view "
+        "(lightly's examples) instead of over all views together (SimCLR's and SupCon's code)",
+    )
+    return parser
+
+
+def bn_projection_head(args, encoder):
+    """The --head bn layer for `encoder`, or None for the trainer's own head."""
+    if args.head != "bn":
+        return None
+    return kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(encoder), args.projection_dim)
 
 
 def parse_args(parser, argv=None):

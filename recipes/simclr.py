@@ -34,28 +34,9 @@ import keras_contrastive as kc
 HEADS = {"v1": 1, "v2": 2, "bn": 1}
 
 
-def projection_head(args, encoder):
-    if args.head != "bn":
-        return None
-    return kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(encoder), args.projection_dim)
-
-
 def main(argv=None):
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "simclr")
-    parser.add_argument(
-        "--head",
-        default="bn",
-        choices=sorted(HEADS),
-        help="v1: Dense-ReLU-Dense; v2: three Dense layers with BN on each (SimCLR v2); "
-        "bn: Dense-BN-ReLU-Dense (kc.heads.batch_norm_projection_head)",
-    )
-    parser.add_argument(
-        "--per_view_bn",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="encode and project each view in its own call, so BatchNorm statistics are per view "
-        "(lightly's examples) instead of over the 2N views (SimCLR's code)",
-    )
+    common.add_head_flags(parser)
     # Fashion-MNIST defaults from the sweep in benchmarks/RESULTS.md (issue 10): SGD with coupled weight decay
     # 5e-4 at 0.3 beat LARS at 1.0 by 1.1 points of kNN at 4 epochs; 3 epochs keep the main job near 10 minutes.
     parser.set_defaults(epochs=3, optimizer="sgd", learning_rate=0.3, weight_decay=5e-4)
@@ -80,7 +61,7 @@ def main(argv=None):
             temperature=args.temperature,
             projection_dim=args.projection_dim,
             head_version=HEADS[args.head],
-            projection_head=projection_head(args, encoder),
+            projection_head=common.bn_projection_head(args, encoder),
             concatenate_views=not args.per_view_bn,
             num_classes=num_classes,
             seed=args.seed,

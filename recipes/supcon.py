@@ -31,6 +31,7 @@ def main(argv=None):
     parser.add_argument("--contrast_mode", default="all", choices=["all", "one"])
     parser.add_argument("--num_views", type=int, default=2)
     parser.add_argument("--class_balanced", action="store_true")
+    common.add_head_flags(parser, head="v1", per_view_bn=False, choices=("v1", "bn"))
     args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
@@ -60,6 +61,8 @@ def main(argv=None):
             projection_dim=args.projection_dim,
             num_classes=num_classes,
             seed=args.seed,
+            projection_head=common.bn_projection_head(args, encoder),
+            concatenate_views=not args.per_view_bn,
         )
         steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))

@@ -50,12 +50,21 @@ def run_recipe(name, tmp_path, *extra):
 
 @pytest.mark.slow
 def test_supcon_two_stage_recipe_end_to_end(tmp_path):
-    stdout, results, model_dir, export_dir = run_recipe("supcon", tmp_path, "--class_balanced", "--num_views", "3")
+    stdout, results, model_dir, export_dir = run_recipe(
+        "supcon", tmp_path, "--class_balanced", "--num_views", "3", "--head", "bn", "--per_view_bn"
+    )
     assert "Linear probe accuracy" in stdout
     assert 0.1 < results["linear_probe_accuracy"] <= 1.0
     assert 0.1 < results["knn_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
+    import keras
+
+    import keras_contrastive as kc  # noqa: F401 (registers the trainers for loading)
+
+    trained = keras.saving.load_model(model_dir / "checkpoints" / "epoch_002.keras")
+    assert trained.concatenate_views is False and trained.num_views == 3
+    assert [layer.name for layer in trained.projection_head.blocks[0]] == ["dense0", "bn0", "relu0"]
 
 
 @pytest.mark.slow

@@ -46,6 +46,49 @@ def test_loss_is_supcon_of_the_projections(num_views, contrast_mode):
     np.testing.assert_allclose(logs["loss"], float(expected), rtol=1e-5)
 
 
+@pytest.mark.parametrize("concatenate_views", [True, False])
+def test_a_bn_head_sees_all_views_together_or_one_view_at_a_time(concatenate_views):
+    """Training-mode loss against the encoder and a BN head called by hand, on all views at once or per view."""
+    head = kc.heads.batch_norm_projection_head(16, projection_dim=8)
+    with cpu_strategy(1).scope():
+        model = kc.SupCon(
+            tiny_encoder(),
+            temperature=0.2,
+            base_temperature=0.1,
+            projection_head=head,
+            concatenate_views=concatenate_views,
+        )
+    assert model.projection_head is head
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    views, labels = random_views(8), np.array([0, 0, 1, 1, 1, 2, 3, 3])
+    loss = model.train_on_batch(views, labels, return_dict=True)["loss"]
+
+    def projections(images):
+        return head(model.encoder(images, training=True), training=True).numpy()
+
+    together = np.stack(np.split(projections(np.concatenate([views[:, 0], views[:, 1]])), 2), axis=1)
+    per_view = np.stack([projections(views[:, 0]), projections(views[:, 1])], axis=1)
+    expected, other = (together, per_view) if concatenate_views else (per_view, together)
+    np.testing.assert_allclose(loss, float(kc.losses.supcon(expected, labels, 0.2, 0.1)), rtol=1e-5)
+    assert abs(loss - float(kc.losses.supcon(other, labels, 0.2, 0.1))) > 1e-3
+
+
+def test_a_custom_head_is_saved_and_loaded(tmp_path):
+    model = build(cpu_strategy(1), projection_head=kc.heads.batch_norm_projection_head(16, 8), concatenate_views=False)
+    train(model, random_views(16), LABELS[:16], steps=1)
+    path = str(tmp_path / "supcon.keras")
+    model.save(path)
+    clone = keras.saving.load_model(path, safe_mode=True)
+    assert clone.concatenate_views is False
+    assert [layer.name for layer in clone.projection_head.blocks[0]] == ["dense0", "bn0", "relu0"]
+    features = np.random.default_rng(0).random((5, 8)).astype("float32")
+    np.testing.assert_allclose(clone.projection_head(features), model.projection_head(features), atol=1e-6)
+    with pytest.raises(ValueError, match="projection_head"):
+        kc.SupCon(tiny_encoder(), projection_head="mlp")
+    with pytest.raises(ValueError, match="concatenate_views"):
+        kc.SupCon(tiny_encoder(), concatenate_views="no")
+
+
 def test_without_labels_is_a_clear_error_pointing_to_simclr():
     model = build(cpu_strategy(1))
     with pytest.raises(ValueError, match="SimCLR"):

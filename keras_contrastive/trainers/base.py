@@ -155,6 +155,39 @@ class ContrastiveTrainer(keras.Model):
         """
         raise NotImplementedError
 
+    def _set_projection_head(self, projection_head, default):
+        """Keeps `projection_head` (a Keras layer), or `default()` when it is
+        None, built on `[batch, feature_dim]` features."""
+        if projection_head is None:
+            projection_head = default()
+        elif not isinstance(projection_head, keras.layers.Layer):
+            raise ValueError(f"`projection_head` must be a Keras layer or None; got {type(projection_head).__name__}.")
+        self.projection_head = projection_head
+        if not projection_head.built:
+            projection_head.build((None, self.feature_dim))
+
+    def _set_concatenate_views(self, concatenate_views):
+        if not isinstance(concatenate_views, bool):
+            raise ValueError(f"`concatenate_views` must be True or False; got {concatenate_views!r}.")
+        self.concatenate_views = concatenate_views
+
+    def project(self, features, training=False):
+        """`self.projection_head` on every view's features, in one call on all
+        views (`concatenate_views`: BatchNorm statistics over all of them) or
+        one call per view.
+
+        Args:
+            features: list of `num_views` tensors `[batch, feature_dim]`.
+            training: bool.
+
+        Returns:
+            `[num_views * batch, projection_dim]`, view-major (all first views,
+            then all second views, ...).
+        """
+        if self.concatenate_views:
+            return self.projection_head(ops.concatenate(features, axis=0), training=training)
+        return ops.concatenate([self.projection_head(f, training=training) for f in features], axis=0)
+
     def _track(self, name):
         if name not in self._extra_trackers:
             self._extra_trackers[name] = keras.metrics.Mean(name=name)

@@ -87,36 +87,28 @@ class SimCLR(ContrastiveTrainer):
         concatenate_views=True,
         **kwargs,
     ):
-        if not isinstance(concatenate_views, bool):
-            raise ValueError(f"`concatenate_views` must be True or False; got {concatenate_views!r}.")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"`temperature` must be a number > 0; got {temperature!r}.")
         super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, num_views=num_views, **kwargs)
-        self.concatenate_views = concatenate_views
+        self._set_concatenate_views(concatenate_views)
         self.temperature = float(temperature)
         self.projection_dim = int(projection_dim)
         self.projection_hidden_dim = projection_hidden_dim
         self.head_version = head_version
         self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
         synchronized_bn = self.synchronized_bn
-        if projection_head is None:
-            projection_head = heads.simclr_projection_head(
+        self._set_projection_head(
+            projection_head,
+            lambda: heads.simclr_projection_head(
                 head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
-            )
-        elif not isinstance(projection_head, keras.layers.Layer):
-            raise ValueError(f"`projection_head` must be a Keras layer or None; got {type(projection_head).__name__}.")
-        self.projection_head = projection_head
-        if not self.projection_head.built:
-            self.projection_head.build((None, self.feature_dim))
+            ),
+        )
         if self.num_views == 2:
             self._track("contrastive_accuracy")
         self.built = True
 
     def contrastive_loss(self, features, labels, training, views):
-        if self.concatenate_views:
-            z = self.projection_head(ops.concatenate(features, axis=0), training=training)
-        else:
-            z = ops.concatenate([self.projection_head(f, training=training) for f in features], axis=0)
+        z = self.project(features, training=training)
         if self.num_views > 2:
             # Multi-view NT-Xent: every other view of the same image is a
             # positive (SupCon's L_out with each image its own class and the

@@ -29,6 +29,14 @@ class SupCon(ContrastiveTrainer):
         projection_hidden_dim: int or None. Defaults to the feature size.
         num_classes: int or None. Online linear probe. Defaults to None.
         seed: int. In-step augmentation seed. Defaults to 0.
+        projection_head: a layer `[batch, feature_dim]` -> `[batch, dim]`, or
+            None (SupCon's MLP of `projection_hidden_dim` and
+            `projection_dim`), e.g. `kc.heads.batch_norm_projection_head(dim)`.
+            It must be serializable to save the model. Defaults to None.
+        concatenate_views: bool. True encodes and projects all views in one
+            call (BatchNorm statistics over all views, as SupCon's reference
+            code); False calls the encoder and head once per view. Defaults
+            to True.
 
     Inputs to `fit`: `(views [batch, num_views, H, W, C], labels [batch])` or
     `(images [batch, H, W, C], labels)`. Data without labels is an error:
@@ -60,6 +68,8 @@ class SupCon(ContrastiveTrainer):
         projection_hidden_dim=None,
         num_classes=None,
         seed=0,
+        projection_head=None,
+        concatenate_views=True,
         **kwargs,
     ):
         for name, value in (("temperature", temperature), ("base_temperature", base_temperature)):
@@ -73,9 +83,11 @@ class SupCon(ContrastiveTrainer):
         self.contrast_mode = contrast_mode
         self.projection_dim = int(projection_dim)
         self.projection_hidden_dim = projection_hidden_dim
+        self._set_concatenate_views(concatenate_views)
         hidden = int(projection_hidden_dim or self.feature_dim)
-        self.projection_head = heads.ProjectionHead([hidden], self.projection_dim, name="projection_head")
-        self.projection_head.build((None, self.feature_dim))
+        self._set_projection_head(
+            projection_head, lambda: heads.ProjectionHead([hidden], self.projection_dim, name="projection_head")
+        )
         self.built = True
 
     def contrastive_loss(self, features, labels, training, views):
@@ -84,7 +96,7 @@ class SupCon(ContrastiveTrainer):
                 "SupCon needs labels: fit it on (views, labels) or (images, labels). For "
                 "unlabeled data use kc.SimCLR, SupCon's label-free special case."
             )
-        z = self.projection_head(ops.concatenate(features, axis=0), training=training)
+        z = self.project(features, training=training)
         z = ops.stack(ops.split(z, self.num_views, axis=0), axis=1)  # [batch, views, dim]
         labels = ops.reshape(labels, (-1,))
         loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode)
@@ -98,5 +110,14 @@ class SupCon(ContrastiveTrainer):
             contrast_mode=self.contrast_mode,
             projection_dim=self.projection_dim,
             projection_hidden_dim=self.projection_hidden_dim,
+            concatenate_views=self.concatenate_views,
+            projection_head=keras.saving.serialize_keras_object(self.projection_head),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("projection_head") is not None:
+            config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
+        return super().from_config(config)
