@@ -82,9 +82,13 @@ def main(argv=None):
         help="use --encoder/--width_multiplier/--stem for the scratch model",
     )
     # SimCLR's fine-tuning rate, 0.05 x batch / 256 (appendix B.5): base 0.1 at the default batch 128.
-    parser.set_defaults(learning_rate=0.1)
+    parser.set_defaults(learning_rate=0.1, image_size=None, channels=None)
     args = common.parse_args(parser, argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
+    # The images at the pretrained encoder's input size and channels unless given (as recipes/linear_eval.py).
+    height, _, channels = kc.downstream.load_encoder(args.encoder_path, trainable=False).input_shape[1:]
+    args.image_size = args.image_size or height
+    args.channels = args.channels if args.channels is not None else channels
 
     # 1. Data: the full training split (labels subsampled below) and the test split.
     _, (x_train, y_train) = common.load_split(args, common.train_split(args))

@@ -139,7 +139,8 @@ def test_simclr_recipe_end_to_end(tmp_path):
     import keras_contrastive as kc
 
     model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
-    x, _ = kc.data.load_arrays("fashion_mnist", "test[:5]", image_size=32, channels=3)
+    size = model.encoder.input_shape[1]  # the recipe's --image_size (28: Fashion-MNIST unpadded)
+    x, _ = kc.data.load_arrays("fashion_mnist", "test[:5]", image_size=size, channels=3)
     served = tf.saved_model.load(str(export_dir / "1")).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(
         served["embeddings"].numpy(), model.encoder(x / 255.0, training=False).numpy(), atol=1e-5
