@@ -111,6 +111,11 @@ def render(card):
     full, quick = card["full_test"], card["quick_check"]
     name, version = card["model"], card["version"]
     size = card["input"]["shape"][1:]
+    padding = (
+        "Fashion-MNIST's own 28x28, "
+        if size[:2] == [28, 28]
+        else f"Fashion-MNIST's 28x28 zero-padded to {size[0]}x{size[1]}, "
+    )
     return f"""# {name}
 
 A {card["method"]} encoder (projection head removed) trained on the real Fashion-MNIST training split
@@ -119,8 +124,8 @@ without its labels, in the TF Serving layout: `{name}/{version}/` is a SavedMode
 - **Trained by**: `{card["command"]}` (seed {card["seed"]}, {card["epochs"]} epochs), TensorFlow
   {card["tensorflow_version"]}, Keras {card["keras_version"]}, on {card["created"][:10]}; every flag's value is in
   `model_card.json` ("all_flags").
-- **Input**: `images`, uint8 `[batch, {size[0]}, {size[1]}, {size[2]}]` (Fashion-MNIST's 28x28 zero-padded to
-  32x32, the gray channel repeated three times); the graph divides by 255 itself.
+- **Input**: `images`, uint8 `[batch, {size[0]}, {size[1]}, {size[2]}]` ({padding}the gray channel repeated
+  {size[2]} times); the graph divides by 255 itself.
 - **Output**: `embeddings`, float32 `[batch, {card["output"]["dim"]}]`, the pooled features (`embed_normalized`
   gives them L2-normalized).
 
@@ -140,7 +145,7 @@ cannot import Keras or this package, and fails below the card's figure minus one
 
 ```
 docker run -p 8501:8501 -v "$PWD/saved_models/{name}:/models/{name}" -e MODEL_NAME={name} tensorflow/serving
-curl -d '{{"instances": [...32x32x3 uint8 image...]}}' localhost:8501/v1/models/{name}:predict
+curl -d '{{"instances": [...{size[0]}x{size[1]}x{size[2]} uint8 image...]}}' localhost:8501/v1/models/{name}:predict
 ```
 
 Or in any TensorFlow process (no Keras, no keras_contrastive needed):
@@ -149,7 +154,7 @@ Or in any TensorFlow process (no Keras, no keras_contrastive needed):
 import tensorflow as tf
 
 embed = tf.saved_model.load("saved_models/{name}/{version}").signatures["serving_default"]
-embeddings = embed(images=tf.zeros([8, 32, 32, 3], tf.uint8))["embeddings"]  # [8, {card["output"]["dim"]}]
+embeddings = embed(images=tf.zeros([8, {size[0]}, {size[1]}, {size[2]}], tf.uint8))["embeddings"]  # [8, {card["output"]["dim"]}]
 ```
 
 ## Fine-tune it

@@ -50,7 +50,9 @@ def test_card_matches_export_metadata():
     metadata = kc.export.load_metadata(os.path.join(SHIPPED, str(card["version"])))
     assert metadata["method"] == card["method"] == "SimCLR"
     assert metadata["input"] == card["input"]
-    assert metadata["input"]["dtype"] == "uint8" and metadata["input"]["shape"] == [None, 32, 32, 3]
+    _, height, width, channels = metadata["input"]["shape"]
+    assert metadata["input"]["dtype"] == "uint8" and height == width >= 28 and channels == 3
+    assert f"[batch, {height}, {width}, 3]" in open(os.path.join(SHIPPED, "MODEL_CARD.md")).read()
     assert card["full_test"]["knn_accuracy"] == metadata["evaluation"]["knn_accuracy"]
     assert card["full_test"]["linear_probe_accuracy"] == metadata["evaluation"]["linear_probe_accuracy"]
     assert card["command"] == f"python recipes/simclr.py {metadata['args']['flags']}"
@@ -65,7 +67,7 @@ _FRESH_PROCESS_KNN = NO_KERAS_PRELUDE + textwrap.dedent(
     arrays = np.load(data)
     signature = tf.saved_model.load(version).signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
-    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3], spec
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, *arrays["x_bank"].shape[1:]], spec
     assert signature.structured_outputs["embeddings"].dtype == tf.float32
 
     def embed(images):
@@ -101,8 +103,9 @@ _FRESH_PROCESS_KNN = NO_KERAS_PRELUDE + textwrap.dedent(
 def test_quick_check_in_a_process_without_keras(tmp_path):
     card = _card()
     quick = card["quick_check"]
-    x_train, y_train = kc.data.load_arrays("fashion_mnist", "train", image_size=32, channels=3)
-    x_test, y_test = kc.data.load_arrays("fashion_mnist", "test", image_size=32, channels=3)
+    size = card["input"]["shape"][1]  # the card's input size, as a client reads it
+    x_train, y_train = kc.data.load_arrays("fashion_mnist", "train", image_size=size, channels=3)
+    x_test, y_test = kc.data.load_arrays("fashion_mnist", "test", image_size=size, channels=3)
     data = tmp_path / "subset.npz"
     np.savez(data, x_bank=x_train[:10_000], y_bank=y_train[:10_000], x_query=x_test[:2_000], y_query=y_test[:2_000])
     version = os.path.join(SHIPPED, str(card["version"]))
