@@ -410,4 +410,6 @@ class ContrastiveTrainer(keras.Model):
         config = dict(config)
         config["encoder"] = _deserialize(config["encoder"])
         config["augmenter"] = _deserialize(config.get("augmenter"))
+        if config.get("projection_head") is not None:  # trainers that take any head (SimCLR, SupCon)
+            config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
         return cls(**config)

@@ -114,10 +114,3 @@ class SupCon(ContrastiveTrainer):
             projection_head=keras.saving.serialize_keras_object(self.projection_head),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if config.get("projection_head") is not None:
-            config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
-        return super().from_config(config)
