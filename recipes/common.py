@@ -52,6 +52,16 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     )
     p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
     p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
+    p.add_argument(
+        "--crop_min", type=float, default=None, help="smallest crop area fraction (default: the --augment preset's)"
+    )
+    p.add_argument(
+        "--jitter_strength",
+        type=float,
+        default=None,
+        help="colour jitter strength s, SimCLR's (maxima 0.8s brightness, contrast, saturation, 0.2s hue; "
+        "default: the --augment preset's)",
+    )
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training images")
     p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     p.add_argument("--width_multiplier", type=float, default=0.25)
@@ -154,6 +164,16 @@ def make_strategy(args):
 @keras.saving.register_keras_serializable(package="keras_contrastive_recipes")
 class Classifier(kc.distribute.MultiWorkerFit, keras.Model):
     """A Functional classifier (`Classifier(inputs, logits)`) whose `fit` also runs multi-worker."""
+
+
+def augmenter(args, image_size=None):
+    """The `--augment` preset with `--crop_min` / `--jitter_strength` where given: one `SimCLRAugmenter`."""
+    overrides = {}
+    if args.crop_min is not None:
+        overrides["crop_area"] = (args.crop_min, 1.0)
+    if args.jitter_strength is not None:
+        overrides["color_jitter_strength"] = args.jitter_strength
+    return kc.augment.simclr_preset(args.augment, image_size or args.image_size, seed=args.seed, **overrides)
 
 
 def train_split(args):

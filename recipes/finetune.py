@@ -94,7 +94,7 @@ def main(argv=None):
     _, (x_train, y_train) = common.load_split(args, common.train_split(args))
     _, (x_test, y_test) = common.load_split(args, "test")
     num_classes = int(y_train.max()) + 1
-    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    augmenter = common.augmenter(args)
 
     metadata = None
     if not args.encoder_path.endswith(".keras"):

@@ -51,7 +51,7 @@ def main(argv=None):
     num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
 
     # 2. Augmentation: two views per image, made on the host in tf.data.
-    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    augmenter = common.augmenter(args)
 
     # 3. Encoder and trainer (SimCLR head, NT-Xent, online linear probe).
     with strategy.scope():

@@ -51,7 +51,7 @@ def main(argv=None):
         train = kc.data.class_balanced(train, num_classes, seed=args.seed)
 
     # 2. Augmentation: SimCLR-style views, made on the host.
-    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    augmenter = common.augmenter(args)
 
     # 3. Stage 1: encoder + SupCon trainer.
     with strategy.scope():

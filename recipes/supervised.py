@@ -42,7 +42,7 @@ def main(argv=None):
     num_classes = int(train_arrays[1].max()) + 1
 
     # 2. One augmented view per image, made on the host with the same augmenter.
-    augmenter = kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed)
+    augmenter = common.augmenter(args)
     backup = common.backup(args)  # a killed run resumes from its last backup, data included
     views = kc.data.contrastive_views(
         train,

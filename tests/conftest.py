@@ -123,6 +123,20 @@ def assert_replicas_match_one_replica(build, num_replicas, views, labels=None):
 #: Python source for the start of a subprocess that must work without this package and
 #: without Keras, as TF Serving does: both become unimportable (checked), then numpy and
 #: tensorflow are imported.
+def numpy_knn(bank, bank_labels, queries, labels, k=200, temperature=0.1):
+    """Weighted kNN accuracy (cosine, exp(s/T) votes) in numpy alone: the tests' independent reference.
+
+    Its source is also pasted into scripts that run in processes without Keras (`inspect.getsource`).
+    """
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    similarity = queries @ bank.T
+    top = np.argsort(-similarity, axis=1)[:, :k]
+    weights = np.exp(np.take_along_axis(similarity, top, axis=1) / temperature)
+    votes = np.stack([(weights * (bank_labels[top] == c)).sum(axis=1) for c in range(10)], axis=1)
+    return float(np.mean(votes.argmax(axis=1) == labels))
+
+
 NO_KERAS_PRELUDE = textwrap.dedent(
     """
     import importlib.abc, importlib.machinery, json, os, sys

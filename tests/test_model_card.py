@@ -5,8 +5,10 @@ import json
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
+from conftest import numpy_knn
 
 import keras_contrastive as kc
 
@@ -14,18 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
 
-def numpy_knn(bank, bank_labels, queries, labels, k=200, temperature=0.1):
-    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    similarity = queries @ bank.T
-    top = np.argsort(-similarity, axis=1)[:, :k]
-    weights = np.exp(np.take_along_axis(similarity, top, axis=1) / temperature)
-    votes = np.stack([(weights * (bank_labels[top] == c)).sum(axis=1) for c in range(10)], axis=1)
-    return float(np.mean(votes.argmax(axis=1) == labels))
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    # A seeded random encoder: unseeded, one init in a few had near-tied neighbours that float32 and float64
+    # ordered differently by more than the assert's slack (seen once in a full run).
+    keras.utils.set_random_seed(0)
     encoder = kc.encoders.ResNet18((32, 32, 3), width_multiplier=0.125)
     flags = {"dataset": "fashion_mnist", "epochs": 1, "seed": 3, "flags": "--epochs 1 --seed 3"}
     metadata = {
@@ -69,7 +64,7 @@ def test_card_figures_match_metadata_and_an_independent_knn(exported):
     want_encoder = numpy_knn(features(x_bank), y_bank, features(x_query), y_query)
     want_pixels = numpy_knn(pixels(x_bank), y_bank, pixels(x_query), y_query)
     quick = card["quick_check"]
-    # One query's worth of slack: float32 serving vs float64 here may reorder a near tie.
+    # Two queries' worth of slack: float32 serving vs float64 here may reorder a near tie.
     assert abs(quick["knn_accuracy"] - want_encoder) <= 1e-3, (quick, want_encoder)
     assert abs(quick["raw_pixels_knn_accuracy"] - want_pixels) <= 1e-3, (quick, want_pixels)
     assert quick["bank"] == "train[:10000]" and quick["queries"] == "test[:2000]"

@@ -7,6 +7,7 @@ in a process that cannot import Keras or keras_contrastive, with a kNN written h
 point, or not clearly above raw pixels on the same subset.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import NO_KERAS_PRELUDE
+from conftest import numpy_knn
 
 import keras_contrastive as kc
 
@@ -61,8 +63,11 @@ def test_card_matches_export_metadata():
     assert card["command"] in text and f"{card['quick_check']['knn_accuracy']:.2%}" in text
 
 
-_FRESH_PROCESS_KNN = NO_KERAS_PRELUDE + textwrap.dedent(
-    """
+_FRESH_PROCESS_KNN = (
+    NO_KERAS_PRELUDE
+    + inspect.getsource(numpy_knn)
+    + textwrap.dedent(
+        """
     data, version = sys.argv[1], sys.argv[2]
     arrays = np.load(data)
     signature = tf.saved_model.load(version).signatures["serving_default"]
@@ -76,27 +81,17 @@ _FRESH_PROCESS_KNN = NO_KERAS_PRELUDE + textwrap.dedent(
             for i in range(0, len(images), 500)
         ]).astype(np.float64)
 
-    def knn(bank, bank_labels, queries, labels, k=200, temperature=0.1):
-        bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        similarity = queries @ bank.T
-        top = np.argsort(-similarity, axis=1)[:, :k]
-        weights = np.exp(np.take_along_axis(similarity, top, axis=1) / temperature)
-        votes = np.zeros((len(queries), 10))
-        for c in range(10):
-            votes[:, c] = (weights * (bank_labels[top] == c)).sum(axis=1)
-        return float(np.mean(votes.argmax(axis=1) == labels))
-
     x_bank, y_bank, x_query, y_query = (arrays[n] for n in ("x_bank", "y_bank", "x_query", "y_query"))
     pixels = lambda x: x.reshape(len(x), -1).astype(np.float64) / 255.0
     result = {
-        "encoder": knn(embed(x_bank), y_bank, embed(x_query), y_query),
-        "pixels": knn(pixels(x_bank), y_bank, pixels(x_query), y_query),
+        "encoder": numpy_knn(embed(x_bank), y_bank, embed(x_query), y_query),
+        "pixels": numpy_knn(pixels(x_bank), y_bank, pixels(x_query), y_query),
     }
     leaked = sorted(m for m in sys.modules if _blocked(m) or m.startswith("keras_contrastive"))
     assert not leaked, leaked
     print(json.dumps(result))
     """
+    )
 )
 
 
