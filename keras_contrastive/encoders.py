@@ -193,7 +193,12 @@ def sincos_position_embedding_2d(grid_h, grid_w, dim, temperature=10000.0):
     """Fixed 2-D sin-cos position embedding `[grid_h * grid_w, dim]` (MoCo v3's).
 
     A quarter of the channels each for sin(w), cos(w), sin(h), cos(h) of the
-    patch coordinates, with frequencies `1 / temperature^(i / (dim / 4))`.
+    patch coordinates, with frequencies `1 / temperature^(i / (dim / 4))`;
+    patches are numbered row by row, so token `r * grid_w + c` has w = c and
+    h = r. (MoCo v3's vits.py builds its grid with `torch.meshgrid(grid_w,
+    grid_h)` in "ij" order, which on its square grids gives the first half of
+    the channels the row: the same embedding with the two halves swapped, an
+    equivalent choice under the random patch projection.)
     """
     import numpy as np
 
