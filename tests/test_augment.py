@@ -251,8 +251,8 @@ def test_moco_v3_pair_is_asymmetric():
     assert (first.blur_probability, first.solarize_probability) == (1.0, 0.0)
     assert (second.blur_probability, second.solarize_probability) == (0.1, 0.2)
     assert first.color_jitter_factors == (0.4, 0.4, 0.2, 0.1) and first.blur_enabled
-    x = images(64, size=32)
-    # Solarization inverts bright pixels: only view 2 can have them, about 20% of images.
+    x = images(1000, size=8)
+    # Solarization inverts bright pixels: only view 2 has it, on 20% of images (200 of 1,000, sd 13).
     kw = dict(
         crop_area=(1, 1),
         crop_aspect_ratio=(1, 1),
@@ -261,10 +261,64 @@ def test_moco_v3_pair_is_asymmetric():
         grayscale_probability=0.0,
         blur=False,
     )
-    plain = augment.SimCLRAugmenter(32, **kw)(x, seed=SEED).numpy()
-    _, sol = augment.moco_v3_augmenters(32, seed=0, **kw)
+    plain = augment.SimCLRAugmenter(8, **kw)(x, seed=SEED).numpy()
+    _, sol = augment.moco_v3_augmenters(8, seed=0, **kw)
     out = sol(x, seed=SEED).numpy()
     solarized = np.any(np.abs(out - plain) > 1e-6, axis=(1, 2, 3))
-    assert 3 <= solarized.sum() <= 25
+    assert 160 <= solarized.sum() <= 240  # p=0.1 or p=0.3 (100 or 300) would fail
+    np.testing.assert_allclose(out[solarized], np.where(plain >= 0.5, 1.0 - plain, plain)[solarized], atol=1e-6)
     clone = augment.SimCLRAugmenter.from_config(second.get_config())
     assert clone.color_jitter_factors == (0.4, 0.4, 0.2, 0.1)
+
+
+# The crop sampler and grayscale against their definitions (issue 15).
+
+
+def _boxes(height, width, n=4000, **kw):
+    return augment.sample_crop_boxes(SEED, n, height, width, **kw).numpy().astype("float64")
+
+
+def test_crop_boxes_have_the_drawn_area_and_pixel_aspect_ratio_on_a_wide_image():
+    # On a 40x80 image a height/width swap in the sampler changes every box's pixel aspect ratio by 4x.
+    height, width = 40, 80
+    y1, x1, y2, x2 = _boxes(height, width, area=(0.1, 0.3), aspect_ratio=(0.5, 2.0)).T
+    h, w = y2 - y1, x2 - x1
+    assert np.all((y1 >= 0) & (x1 >= 0) & (y2 <= 1 + 1e-6) & (x2 <= 1 + 1e-6))
+    area = h * w  # fraction of the image's pixels
+    ratio = (w * width) / (h * height)  # width / height in pixels
+    assert np.all((area > 0.1 - 1e-5) & (area < 0.3 + 1e-5))
+    assert np.all((ratio > 0.5 - 1e-4) & (ratio < 2.0 + 1e-4))
+
+
+def test_crop_aspect_ratio_is_log_uniform_and_area_uniform():
+    # Every candidate fits (small areas), so the first draw is kept and its distribution shows.
+    y1, x1, y2, x2 = _boxes(64, 64, area=(0.05, 0.15), aspect_ratio=(1 / 3, 3.0)).T
+    log_ratio = np.log((x2 - x1) / (y2 - y1))
+    quarters = np.histogram(log_ratio, bins=4, range=(-np.log(3), np.log(3)))[0] / len(log_ratio)
+    np.testing.assert_allclose(quarters, 0.25, atol=0.03)  # a uniform ratio would put 0.5 in the last quarter
+    area = (x2 - x1) * (y2 - y1)
+    np.testing.assert_allclose(np.histogram(area, bins=4, range=(0.05, 0.15))[0] / len(area), 0.25, atol=0.03)
+    # Positions: uniform over the free space, so the box centre's mean is the image centre.
+    np.testing.assert_allclose([np.mean((y1 + y2) / 2), np.mean((x1 + x2) / 2)], 0.5, atol=0.01)
+
+
+def test_crop_falls_back_to_the_whole_image_when_no_candidate_fits():
+    # Area >= 0.9 at aspect ratio >= 3 needs a box wider than the image: every attempt fails.
+    boxes = _boxes(32, 32, n=50, area=(0.9, 1.0), aspect_ratio=(3.0, 4.0))
+    np.testing.assert_array_equal(boxes, np.tile([0.0, 0.0, 1.0, 1.0], (50, 1)))
+    # Where one candidate fits with probability p (here about 0.22: a * r <= 1), the sampler falls back after
+    # 10 misses: (1 - p)^10 of the boxes, about 8% (1 attempt would give 78%, no fallback 0%).
+    a = np.random.default_rng(0).uniform(0.9, 1.0, 1_000_000)
+    r = np.exp(np.random.default_rng(1).uniform(0.0, np.log(1.25), 1_000_000))
+    p = np.mean((a * r <= 1) & (a / r <= 1))
+    y1, x1, y2, x2 = _boxes(32, 32, area=(0.9, 1.0), aspect_ratio=(1.0, 1.25)).T
+    whole = (x2 - x1 == 1.0) & (y2 - y1 == 1.0)
+    assert abs(np.mean(whole) - (1 - p) ** 10) < 0.015, (np.mean(whole), (1 - p) ** 10)
+
+
+def test_grayscale_uses_tensorflows_luma_weights(rng):
+    x = rng.integers(0, 256, (6, 8, 8, 3)).astype("uint8")
+    kw = {**_identity_kwargs(), "grayscale_probability": 1.0}
+    out = augment.SimCLRAugmenter(8, **kw)(x, seed=SEED).numpy()
+    want = tf.image.rgb_to_grayscale(tf.constant(x / 255.0, tf.float32)).numpy()
+    np.testing.assert_allclose(out, np.repeat(want, 3, axis=-1), atol=1e-6)
