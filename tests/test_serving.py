@@ -8,6 +8,7 @@ signatures, not against the module's validation code.
 import base64
 import json
 import os
+import subprocess
 import sys
 import warnings
 
@@ -395,3 +396,49 @@ def test_the_served_graph_checks_the_image_shape_itself(exported):
             if node.op == "EnsureShape":
                 shapes.append([d.size for d in node.attr["shape"].shape.dim])
     assert [-1, H, W, C] in shapes
+
+
+_FEED_PAST_THE_CHECKS = """
+import sys
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+path, data = sys.argv[1], np.load(sys.argv[2])
+proto = saved_model_pb2.SavedModel()
+with open(path + "/saved_model.pb", "rb") as f:
+    proto.ParseFromString(f.read())
+signature = proto.meta_graphs[0].signature_def["serving_default"]
+with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    free = tf.compat.v1.placeholder(tf.uint8, shape=None)
+    tf.compat.v1.saved_model.loader.load(session, ["serve"], path, input_map={signature.inputs["images"].name: free})
+    output = signature.outputs["embeddings"].name
+    np.save(sys.argv[3], session.run(output, {free: data["good"]}))
+    for name in ("no_batch_axis", "narrow", "one_channel"):
+        try:
+            session.run(output, {free: data[name]})
+            print(name, "accepted", flush=True)
+        except tf.errors.InvalidArgumentError:
+            print(name, "rejected", flush=True)
+"""
+
+
+def test_the_served_graph_rejects_a_bad_shape_fed_past_the_python_checks(exported, encoder, tmp_path):
+    """Feeds the graph as the model server does: the signature's input placeholder is replaced by one of unknown
+    shape (`input_map`), so neither `signatures[...]()` nor `Session.run` can check the shape; only the graph's
+    own check stands between a bad image and the convolution. In a subprocess: without the check, an image
+    without its batch axis crashes the process."""
+    good = _images(3, seed=7)
+    data = tmp_path / "feeds.npz"
+    np.savez(data, good=good, no_batch_axis=good[0], narrow=good[:, :, : W - 2], one_channel=good[..., :1])
+    out = tmp_path / "good.npy"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FEED_PAST_THE_CHECKS, exported, str(data), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), _reference(encoder, good), atol=1e-5)
+    assert proc.stdout.split() == ["no_batch_axis", "rejected", "narrow", "rejected", "one_channel", "rejected"]
