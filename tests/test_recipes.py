@@ -33,6 +33,13 @@ TINY = [
 ]
 
 
+# The same tiny runs with --learning_rate 0 (weights as initialized; BN statistics from the 6 batches), measured
+# once on 2026-12-02: kNN 0.42-0.45 and linear probe 0.42-0.45 for simclr, supcon and supervised; trained, the
+# same runs reach 0.61-0.66 on both. A recipe must beat the untrained encoder by a margin, not just chance.
+UNTRAINED_ACCURACY = 0.46
+LEARNED = UNTRAINED_ACCURACY + 0.05
+
+
 def run_recipe(name, tmp_path, *extra):
     model_dir, export_dir = tmp_path / "run", tmp_path / "export"
     cmd = [
@@ -56,8 +63,8 @@ def test_supcon_two_stage_recipe_end_to_end(tmp_path):
         "supcon", tmp_path, "--class_balanced", "--num_views", "3", "--head", "bn", "--per_view_bn"
     )
     assert "Linear probe accuracy" in stdout
-    assert 0.1 < results["linear_probe_accuracy"] <= 1.0
-    assert 0.1 < results["knn_accuracy"] <= 1.0
+    assert LEARNED < results["linear_probe_accuracy"] <= 1.0
+    assert LEARNED < results["knn_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     import keras
@@ -77,6 +84,8 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
         extra += ["--patch_size", "8", "--optimizer", "adamw", "--learning_rate", "1.5e-4", "--weight_decay", "0.1"]
     stdout, results, model_dir, export_dir = run_recipe("mocov3", tmp_path, *extra)
     assert "kNN accuracy" in stdout
+    # Six MoCo v3 steps learn nothing measurable (ResNet: kNN 0.43 trained vs 0.44 at rate 0, measured), so this
+    # test checks the run and the evaluation, not learning; the quality benchmark measures MoCo v3's accuracy.
     assert 0.1 < results["knn_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
     import keras
@@ -91,7 +100,10 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
 def test_supervised_baseline_recipe_end_to_end(tmp_path):
     stdout, results, _, export_dir = run_recipe("supervised", tmp_path)
     assert "Classifier test accuracy" in stdout
-    assert 0.1 < results["test_accuracy"] <= 1.0
+    # The classifier's own figure is at chance after 6 steps (0.09-0.10 measured: BatchNorm's moving statistics,
+    # momentum 0.99, have barely left their initial values); the frozen encoder's kNN and probe show the learning.
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
 
 
@@ -128,7 +140,7 @@ def test_simclr_recipe_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kNN accuracy" in proc.stdout and "MirroredStrategy" in proc.stdout
     results = json.loads((model_dir / "results.json").read_text())
-    assert 0.1 < results["knn_accuracy"] <= 1.0  # better than chance on 10 classes
+    assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
     assert results["export_path"] == str(export_dir / "1")
     assert (export_dir / "1" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
