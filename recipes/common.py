@@ -166,14 +166,14 @@ class Classifier(kc.distribute.MultiWorkerFit, keras.Model):
     """A Functional classifier (`Classifier(inputs, logits)`) whose `fit` also runs multi-worker."""
 
 
-def augmenter(args, image_size=None):
+def augmenter(args):
     """The `--augment` preset with `--crop_min` / `--jitter_strength` where given: one `SimCLRAugmenter`."""
     overrides = {}
     if args.crop_min is not None:
         overrides["crop_area"] = (args.crop_min, 1.0)
     if args.jitter_strength is not None:
         overrides["color_jitter_strength"] = args.jitter_strength
-    return kc.augment.simclr_preset(args.augment, image_size or args.image_size, seed=args.seed, **overrides)
+    return kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed, **overrides)
 
 
 def train_split(args):
