@@ -115,12 +115,36 @@ def test_jit_compile_step_runs():
     assert np.all(np.isfinite(hist["loss"]))
 
 
-def test_raw_images_are_augmented_in_the_step():
-    model = kc.SimCLR(tiny_encoder(synchronized_bn=False), kc.augment.SimCLRAugmenter(16), temperature=0.5)
-    model.compile(optimizer=kc.optimizers.LARS(0.1))
+def test_in_step_augmentation_trains_on_the_views_its_seeds_give_on_the_host():
+    """Raw uint8 images augmented in the step against the plain path: the same augmenter called on the host
+    with the step's stateless seeds ([trainer seed, step * num_views + view] on one replica), fed as views.
+    Loss and weights after two steps must agree."""
     x = (np.random.default_rng(0).random((32, 20, 20, 1)) * 255).astype("uint8")
-    hist = model.fit(x, batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(hist.history["loss"][0])
+    augmenter = kc.augment.SimCLRAugmenter(16, seed=0)
+
+    def model():
+        keras.utils.set_random_seed(1)
+        trainer = kc.SimCLR(tiny_encoder(synchronized_bn=False), augmenter, temperature=0.5, seed=7)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        return trainer
+
+    in_step = model()
+    init = in_step.get_weights()
+    hist = in_step.fit(x, batch_size=16, epochs=1, verbose=0, shuffle=False).history
+
+    views = np.concatenate(
+        [
+            np.stack([augmenter(x[16 * step : 16 * (step + 1)], seed=[7, 2 * step + v]).numpy() for v in (0, 1)], 1)
+            for step in (0, 1)
+        ]
+    )
+    assert views.shape == (32, 2, 16, 16, 1) and views.dtype == np.float32 and 0.0 <= views.min() <= views.max() <= 1
+    host = model()
+    host.set_weights(init)
+    ref = host.fit(views, batch_size=16, epochs=1, verbose=0, shuffle=False).history
+    np.testing.assert_allclose(hist["loss"], ref["loss"], rtol=1e-6)
+    for (path, want), (_, got) in zip(weights_of(host), weights_of(in_step)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def test_save_load_round_trip(tmp_path):
