@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 import pytest
+from test_recipes import FINETUNED
+from test_recipes import LEARNED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "recipe_runner.py")
@@ -168,9 +170,9 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         "--max_train_examples",
         "512",
         "--label_fractions",
-        "0.1",
+        "1.0",
         "--min_steps",
-        "3",
+        "100",
         "--finetune_epochs",
         "1",
         "--batch_size",
@@ -180,10 +182,14 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         "--verbose",
         "0",
     ]
+    supervised = json.loads((tmp_path / "run0" / "results.json").read_text())
     (tmp_path / "run0").rename(tmp_path / "supervised_run0")
     procs = start_workers(tmp_path, recipe="finetune", recipe_flags=finetune, name="finetune")
     for index, proc in enumerate(procs):
         assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index, "finetune")
     results = json.loads((tmp_path / "run0" / "results.json").read_text())
-    assert 0.0 < results["0.1"]["pretrained"] <= 1.0
+    # Bounds measured on one process (tests/test_recipes.py): untrained <= 0.46 (kNN, probe) and <= 0.15
+    # (fine-tuned rows at learning rate 0); two workers compute what one does, so the same bounds hold.
+    assert LEARNED < supervised["knn_accuracy"] <= 1.0 and LEARNED < supervised["linear_probe_accuracy"] <= 1.0
+    assert FINETUNED < results["1"]["pretrained"] <= 1.0 and FINETUNED < results["1"]["scratch"] <= 1.0, results
     assert not (tmp_path / "run1").exists()

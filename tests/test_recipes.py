@@ -38,6 +38,8 @@ TINY = [
 # same runs reach 0.61-0.66 on both. A recipe must beat the untrained encoder by a margin, not just chance.
 UNTRAINED_ACCURACY = 0.46
 LEARNED = UNTRAINED_ACCURACY + 0.05
+# recipes/finetune.py at 100 steps: see test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file.
+FINETUNED = 0.3
 
 
 def run_recipe(name, tmp_path, *extra):
@@ -188,14 +190,21 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
         # The same encoder, the same protocol: the served graph and the .keras file score what
         # the pretraining recipe measured in process.
         assert abs(results["knn_accuracy"] - pretrain_results["knn_accuracy"]) <= 0.002, (results, pretrain_results)
-        assert 0.1 < results["linear_probe_accuracy"] <= 1.0
+        assert abs(results["linear_probe_accuracy"] - pretrain_results["linear_probe_accuracy"]) <= 0.002
+        assert LEARNED < results["linear_probe_accuracy"] <= 1.0
         # An export carries the figures measured at training time and linear_eval prints them beside its own;
         # a .keras checkpoint has none.
         recorded = (
             f"knn_accuracy: {results['knn_accuracy']:.4f} (recorded at export: {pretrain_results['knn_accuracy']:.4f})"
         )
         assert (recorded in proc.stdout) == (source == str(export_dir)), proc.stdout[-2000:]
-    for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
+    # Fine-tuning, 100 steps per row: measured once (2026-12-02) with --learning_rate 0, every row stays at
+    # 0.08-0.15 (untrained network and head); trained, the rows reach 0.45-0.59 from both sources and from
+    # scratch (12 pretraining steps give no head start over scratch at this budget, so only learning is asserted).
+    for source, fractions in (
+        (str(export_dir), "0.1,1.0"),
+        (str(model_dir / "checkpoints" / "epoch_002.keras"), "0.1"),
+    ):
         out = tmp_path / ("ft_" + os.path.basename(source))
         cmd = [
             sys.executable,
@@ -205,9 +214,9 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
             "--max_train_examples",
             "512",
             "--label_fractions",
-            "0.1,1.0",
+            fractions,
             "--min_steps",
-            "3",
+            "100",
             "--finetune_epochs",
             "1",
             "--batch_size",
@@ -222,9 +231,11 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads((out / "results.json").read_text())
-        assert 48 <= results["0.1"]["labels"] <= 56 and results["1"]["labels"] == 512  # ~10% of each class
+        assert 48 <= results["0.1"]["labels"] <= 56  # ~10% of each class
+        assert results.get("1", {"labels": 512})["labels"] == 512
+        assert list(results) == [f"{float(f):g}" for f in fractions.split(",")]
         for row in results.values():
-            assert 0.0 < row["pretrained"] <= 1.0 and 0.0 < row["scratch"] <= 1.0
+            assert FINETUNED < row["pretrained"] <= 1.0 and FINETUNED < row["scratch"] <= 1.0, results
 
 
 def test_balanced_subset_takes_the_fraction_of_every_class():
