@@ -85,6 +85,7 @@ def test_fashion_mnist_matches_independent_decoding():
     assert set(np.unique(y)) == set(range(10))
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_fashion_mnist_train_first_image_and_labels():
     first = _read_idx_gz(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"), 16)[: 28 * 28].reshape(28, 28)

@@ -108,7 +108,7 @@ def test_loss_is_symmetric_info_nce():
     np.testing.assert_allclose(logs["loss"], float(want), rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_replicas", [2, 4])
+@pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
     assert_replicas_match_one_replica(build, num_replicas, random_views(48))
 

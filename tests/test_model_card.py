@@ -33,6 +33,7 @@ def exported(tmp_path_factory):
     return encoder, kc.export.export_encoder(encoder, str(base), metadata=metadata), metadata
 
 
+@pytest.mark.slow
 def test_card_figures_match_metadata_and_an_independent_knn(exported):
     import model_card
 

@@ -95,6 +95,7 @@ _FRESH_PROCESS_KNN = (
 )
 
 
+@pytest.mark.slow
 def test_quick_check_in_a_process_without_keras(tmp_path):
     card = _card()
     quick = card["quick_check"]
@@ -134,6 +135,7 @@ def _run_in_repo(code):
     )
 
 
+@pytest.mark.slow
 def test_readme_examples_run_on_the_shipped_encoder():
     serving, finetuning = None, None
     for block in _readme_blocks_using_the_shipped_encoder():

@@ -26,7 +26,7 @@ def build(strategy, synchronized_bn=True, num_classes=None, head_version=2, lear
     return model
 
 
-@pytest.mark.parametrize("num_replicas", [2, 4])
+@pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
     assert_replicas_match_one_replica(build, num_replicas, random_views(48))
 

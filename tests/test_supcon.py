@@ -28,7 +28,7 @@ def build(strategy, num_views=2, contrast_mode="all", **kwargs):
 LABELS = np.array([0, 1, 2, 3] * 12)
 
 
-@pytest.mark.parametrize("num_replicas", [2, 4])
+@pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
     assert_replicas_match_one_replica(build, num_replicas, random_views(48), LABELS)
 
