@@ -51,6 +51,34 @@ def batch_normalization(synchronized=False, **kwargs):
     return keras.layers.BatchNormalization(**kwargs)
 
 
+def set_compute_dtype(model, dtype="float32"):
+    """Makes every layer of `model` compute in `dtype`, in place; the weights are not touched.
+
+    For a model trained under a mixed policy (`mixed_bfloat16` on AMX CPUs and
+    TPUs, `mixed_float16` on GPUs): its variables are float32 already, so
+    after this call it computes what the same weights compute in `dtype`,
+    and an export traced afterwards is a pure `dtype` graph that any CPU
+    serves (and its saved config records `dtype`). Keras' policies are set
+    per layer when a layer is built, so changing the global policy after
+    training changes nothing; this sets `dtype_policy` on `model` and every
+    nested layer. Functions Keras traced before (`predict_function`, ...)
+    are dropped so that they are traced again.
+
+    Args:
+        model: `keras.Layer` or `keras.Model` (a trainer, an encoder, a head).
+        dtype: str or `keras.DTypePolicy`. Defaults to `"float32"`.
+
+    Returns:
+        `model`, for chaining.
+    """
+    policy = keras.dtype_policies.get(dtype)
+    for layer in model._flatten_layers(include_self=True):
+        layer.dtype_policy = policy
+        if isinstance(layer, keras.Model):
+            layer.train_function = layer.test_function = layer.predict_function = None
+    return model
+
+
 def synchronize_batch_norm(model):
     """A copy of `model` whose BatchNormalization layers are `SyncBatchNormalization`.
 

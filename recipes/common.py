@@ -270,7 +270,7 @@ def fit(args, model, views, steps_per_epoch, backup_callback=None, sample_views=
     from `views` itself would advance its shuffle state (see
     `kc.data.contrastive_views`' `start_batch`).
     """
-    return model.fit(
+    history = model.fit(
         views,
         epochs=args.epochs,
         steps_per_epoch=steps_per_epoch,
@@ -278,6 +278,17 @@ def fit(args, model, views, steps_per_epoch, backup_callback=None, sample_views=
         verbose=args.verbose,
         shuffle=False,
     )
+    float32_after_training(args, model)
+    return history
+
+
+def float32_after_training(args, model):
+    """After a `--precision mixed_*` run, `model` computes in float32: evaluation and export see the trained
+    float32 weights without bfloat16/float16 rounding, and the export is a float32 graph that any CPU serves."""
+    if args.precision != "float32":
+        kc.layers.set_compute_dtype(model, "float32")
+        keras.mixed_precision.set_global_policy("float32")
+    return model
 
 
 def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True):

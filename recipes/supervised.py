@@ -73,6 +73,7 @@ def main(argv=None):
         callbacks=common.callbacks(args, None, backup),
         verbose=args.verbose,
     )
+    common.float32_after_training(args, classifier)
 
     # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe.
     _, (x_test, y_test) = common.load_split(args, "test")

@@ -5,6 +5,7 @@ import tensorflow as tf
 from conftest import cpu_strategy
 from conftest import shard
 
+import keras_contrastive as kc
 from keras_contrastive import layers
 
 
@@ -255,3 +256,31 @@ def test_converted_model_saves_and_loads_with_a_frozen_backbone(tmp_path):
     assert len(loaded.trainable_weights) == 2
     x = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
+
+
+def test_set_compute_dtype_makes_a_mixed_bfloat16_encoder_compute_and_export_in_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder = kc.encoders.ResNet18((16, 16, 3), stem="cifar", width_multiplier=0.125)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    reference = kc.encoders.ResNet18((16, 16, 3), stem="cifar", width_multiplier=0.125)
+    reference.set_weights(encoder.get_weights())
+    x = np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+    want = reference(x, training=False).numpy()
+    mixed = keras.ops.convert_to_numpy(keras.ops.cast(encoder(x, training=False), "float32"))
+    assert np.abs(mixed - want).max() > 1e-4  # bfloat16 rounding: the conversion has something to fix
+
+    assert kc.layers.set_compute_dtype(encoder) is encoder
+    assert {layer.compute_dtype for layer in encoder._flatten_layers()} == {"float32"}
+    np.testing.assert_allclose(encoder(x, training=False).numpy(), want, rtol=1e-6, atol=1e-6)
+    path = kc.export.export_encoder(encoder, str(tmp_path / "export"))
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    assert "DT_BFLOAT16" not in str(served.graph.as_graph_def())
+    images = (x * 255).round().astype("uint8")
+    np.testing.assert_allclose(
+        served(images=tf.constant(images))["embeddings"].numpy(),
+        reference(images / 255.0, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )

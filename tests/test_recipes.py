@@ -62,12 +62,27 @@ def run_recipe(name, tmp_path, *extra):
 @pytest.mark.slow
 def test_supcon_two_stage_recipe_end_to_end(tmp_path):
     stdout, results, model_dir, export_dir = run_recipe(
-        "supcon", tmp_path, "--class_balanced", "--num_views", "3", "--head", "bn", "--per_view_bn"
+        "supcon",
+        tmp_path,
+        "--class_balanced",
+        "--num_views",
+        "3",
+        "--head",
+        "bn",
+        "--per_view_bn",
+        "--precision",
+        "mixed_bfloat16",
     )
     assert "Linear probe accuracy" in stdout
     assert LEARNED < results["linear_probe_accuracy"] <= 1.0
     assert LEARNED < results["knn_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
+    # Trained in bfloat16, evaluated and exported in float32 (common.float32_after_training): a graph any CPU serves.
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(export_dir / "1")).signatures["serving_default"]
+    graph = str(served.graph.as_graph_def())
+    assert "DT_BFLOAT16" not in graph and "DT_FLOAT" in graph
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     import keras
 
