@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_contrastive as kc
 
@@ -365,3 +366,23 @@ def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(
         if name not in ("batches_run",):
             np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
     assert not (run_dir / "backup").exists()  # a finished run removes its backups
+
+
+def test_precision_auto_picks_bfloat16_only_where_hardware_runs_it(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import common
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    plain.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")  # AVX-512 BF16 without AMX: not enough
+    default = tf.distribute.get_strategy()
+
+    class TPUStrategy:  # resolve_precision goes by the strategy's class name, as TPUStrategy subclasses vary
+        pass
+
+    assert common.resolve_precision("auto", default, str(amx)) == "mixed_bfloat16"
+    assert common.resolve_precision("auto", default, str(plain)) == "float32"
+    assert common.resolve_precision("auto", default, str(tmp_path / "missing")) == "float32"
+    assert common.resolve_precision("auto", TPUStrategy(), str(plain)) == "mixed_bfloat16"
+    for given in ("float32", "mixed_bfloat16", "mixed_float16"):
+        assert common.resolve_precision(given, TPUStrategy(), str(amx)) == given
