@@ -156,7 +156,7 @@ def resolve_precision(precision, strategy, cpuinfo="/proc/cpuinfo"):
     """`--precision auto`: `mixed_bfloat16` where bfloat16 matmuls run in hardware (a TPU; a CPU with AMX,
     flag `amx_bf16`, when no GPU is visible), `float32` elsewhere; any other value is returned as given.
 
-    On this project's AMX CPU, bfloat16 trained SimCLR 1.3x faster to the same accuracy (benchmarks/RESULTS.md);
+    On this project's AMX CPU, bfloat16 trained SimCLR 1.2x faster (solo) to the same accuracy (benchmarks/RESULTS.md);
     without AMX the CPU emulates bfloat16 and is slower than float32, hence the check.
     """
     if precision != "auto":
