@@ -8,7 +8,7 @@ import os
 
 import keras
 
-from keras_contrastive import export
+from keras_contrastive import export, layers
 
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
@@ -95,6 +95,11 @@ def load_encoder(path, trainable=True, prefer_keras_file=True):
         keras.Model: uint8 `[batch, H, W, C]` to `[batch, dim]`. From a
         `.keras` file the encoder itself runs inside (BN follows `training`);
         from a SavedModel, a `SavedModelEncoder` layer (BN in inference mode).
+        A `.keras` file keeps the dtype policies it was saved with (a checkpoint
+        of a `mixed_bfloat16` run computes in bfloat16), except in a process
+        whose global policy is `float32`: there the encoder computes in float32
+        (`kc.layers.set_compute_dtype`), as the export of the same weights
+        does, so that evaluation is not rounded to bfloat16.
     """
     path = str(path)
     if not path.endswith(".keras"):
@@ -116,6 +121,8 @@ def load_encoder(path, trainable=True, prefer_keras_file=True):
     if path.endswith(".keras"):
         loaded = keras.saving.load_model(path, compile=False)
         encoder = getattr(loaded, "encoder", loaded)
+        if keras.config.dtype_policy().name == "float32":
+            layers.set_compute_dtype(encoder, "float32")
         encoder.trainable = trainable
         inputs = keras.Input(encoder.input_shape[1:], dtype="uint8", name="images")
         features = encoder(keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(inputs))

@@ -55,6 +55,28 @@ def test_trainable_savedmodel_without_keras_file_is_a_clear_error(exported):
         kc.downstream.load_encoder(version, trainable=True, prefer_keras_file=False)
 
 
+def test_a_mixed_bfloat16_checkpoint_loads_to_float32_in_a_float32_process(tmp_path):
+    # A checkpoint of a `--precision mixed_bfloat16` run keeps its bfloat16 policies; evaluated as saved, the
+    # features would be rounded to bfloat16 and differ from the float32 export of the same weights.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder = kc.encoders.ResNet18((16, 16, 3), stem="cifar", width_multiplier=0.125)
+        encoder.save(str(tmp_path / "mixed.keras"))
+        kept = kc.downstream.load_encoder(str(tmp_path / "mixed.keras"), trainable=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert kept.get_layer(encoder.name).compute_dtype == "bfloat16"  # a mixed process keeps the file's policies
+    reference = kc.encoders.ResNet18((16, 16, 3), stem="cifar", width_multiplier=0.125)
+    reference.set_weights(encoder.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("uint8")
+    want = reference(images / 255.0, training=False).numpy()
+    loaded = kc.downstream.load_encoder(str(tmp_path / "mixed.keras"), trainable=False)
+    assert {l.compute_dtype for l in loaded.get_layer(encoder.name)._flatten_layers()} == {"float32"}
+    np.testing.assert_allclose(loaded(images).numpy(), want, rtol=0, atol=1e-5)
+    rounded = keras.ops.convert_to_numpy(keras.ops.cast(kept(images), "float32"))
+    assert np.abs(rounded - want).max() > 1e-3  # bfloat16 rounding: what the conversion removes
+
+
 def test_bad_path(tmp_path):
     with pytest.raises(ValueError, match="SavedModel"):
         kc.downstream.load_encoder(str(tmp_path))
