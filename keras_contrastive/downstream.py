@@ -8,7 +8,8 @@ import os
 
 import keras
 
-from keras_contrastive import export, layers
+from keras_contrastive import export
+from keras_contrastive import layers
 
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
