@@ -47,7 +47,8 @@ def view_augmenters(args):
     )
 
 
-def main(argv=None):
+def build_parser():
+    """The recipe's flags with its defaults (tests read the defaults from here)."""
     parser = common.add_common_flags(
         argparse.ArgumentParser(description=__doc__.split("\n")[0]), "mocov3", learning_rate=1.0, temperature=1.0
     )
@@ -58,7 +59,11 @@ def main(argv=None):
     # the linear probe above raw pixels (79.48% / 84.21%); the paper's ResNet values gave 76.67% / 81.61%.
     # --crop_min: the paper's 0.08 on ImageNet.
     parser.set_defaults(projection_dim=256, epochs=4, temperature=0.2, crop_min=0.2)
-    args = common.parse_args(parser, argv)
+    return parser
+
+
+def main(argv=None):
+    args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.

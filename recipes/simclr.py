@@ -36,7 +36,8 @@ import keras_contrastive as kc
 HEADS = {"v1": 1, "v2": 2, "bn": 1}
 
 
-def main(argv=None):
+def build_parser():
+    """The recipe's flags with its defaults (tests read the defaults from here)."""
     parser = common.add_common_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "simclr")
     common.add_head_flags(parser)
     # Fashion-MNIST defaults from the sweep in benchmarks/RESULTS.md (issue 10): SGD with coupled weight decay
@@ -57,7 +58,11 @@ def main(argv=None):
         jitter_strength=1.5,
         precision="auto",
     )
-    args = common.parse_args(parser, argv)
+    return parser
+
+
+def main(argv=None):
+    args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: uint8 images; labels feed only the online probe and the evaluation.

@@ -26,7 +26,8 @@ import common
 import keras_contrastive as kc
 
 
-def main(argv=None):
+def build_parser():
+    """The recipe's flags with its defaults (tests read the defaults from here)."""
     parser = common.add_common_flags(
         argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supcon", learning_rate=0.5, temperature=0.1
     )
@@ -38,7 +39,11 @@ def main(argv=None):
     # From the recorded sweep (issue 10): 91.3% linear probe; the old defaults (LARS 0.5, v1 head, views together,
     # 2 epochs) had 85.7% under the then AdamW probe. recipes/supervised.py has the same budget, optimizer and views.
     parser.set_defaults(optimizer="sgd", learning_rate=0.3, weight_decay=5e-4, epochs=3, crop_min=0.4)
-    args = common.parse_args(parser, argv)
+    return parser
+
+
+def main(argv=None):
+    args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data: labelled uint8 images.

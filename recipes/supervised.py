@@ -26,13 +26,18 @@ import tensorflow as tf
 import keras_contrastive as kc
 
 
-def main(argv=None):
+def build_parser():
+    """The recipe's flags with its defaults (tests read the defaults from here)."""
     parser = common.add_common_flags(
         argparse.ArgumentParser(description=__doc__.split("\n")[0]), "supervised", learning_rate=0.5
     )
     # The budget, optimizer and views of recipes/supcon.py, so that the two compare (benchmarks/RESULTS.md).
     parser.set_defaults(optimizer="sgd", learning_rate=0.3, weight_decay=5e-4, epochs=3, crop_min=0.4)
-    args = common.parse_args(parser, argv)
+    return parser
+
+
+def main(argv=None):
+    args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
     # 1. Data.

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_contrastive as kc
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -282,30 +280,32 @@ def test_balanced_subset_takes_the_fraction_of_every_class():
     assert not np.array_equal(idx, balanced_subset(labels, 0.1, seed=1))
 
 
+# Each recipe's own crop and jitter defaults (benchmarks/RESULTS.md): (smallest crop area, jitter strength).
+RECIPE_VIEWS = {"simclr": (0.2, 1.5), "supcon": (0.4, 0.5), "supervised": (0.4, 0.5)}
+
+
 @pytest.mark.parametrize("recipe", ["simclr", "supcon", "supervised", "mocov3"])
 def test_crop_and_jitter_flags_reach_the_augmenters(recipe):
     sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    import argparse
+    import importlib
 
     import common
 
+    module = importlib.import_module(recipe)
+
     def parse(*flags):
-        parser = common.add_common_flags(argparse.ArgumentParser(), recipe)
-        if recipe == "mocov3":
-            parser.set_defaults(crop_min=0.2, augment_blur=False)
-        return parser.parse_args(["--image_size", "28", *flags])
+        return common.parse_args(module.build_parser(), ["--image_size", "28", *flags])
 
     if recipe == "mocov3":
-        import mocov3
-
-        first, second = mocov3.view_augmenters(parse("--crop_min", "0.35", "--jitter_strength", "1.0"))
+        first, second = module.view_augmenters(parse("--crop_min", "0.35", "--jitter_strength", "1.0"))
         assert first.crop_area == second.crop_area == (0.35, 1.0)
         assert first.color_jitter_factors == second.color_jitter_factors == pytest.approx((0.8, 0.8, 0.4, 0.2))
-        assert mocov3.view_augmenters(parse())[0].color_jitter_factors == pytest.approx((0.4, 0.4, 0.2, 0.1))
+        default = module.view_augmenters(parse())[0]
+        assert default.crop_area == (0.2, 1.0)
+        assert default.color_jitter_factors == pytest.approx((0.4, 0.4, 0.2, 0.1))
         return
-    preset = kc.augment.PRESETS["grayscale_small"]
     default = common.augmenter(parse())
-    assert default.crop_area == preset["crop_area"] and default.color_jitter_strength == preset["color_jitter_strength"]
+    assert (default.crop_area[0], default.color_jitter_strength) == RECIPE_VIEWS[recipe]
     changed = common.augmenter(parse("--crop_min", "0.35", "--jitter_strength", "0.8"))
     assert changed.crop_area == (0.35, 1.0) and changed.color_jitter_strength == 0.8
     assert changed.image_size == default.image_size == (28, 28)
