@@ -128,7 +128,7 @@ def test_supervised_baseline_recipe_end_to_end(tmp_path):
     # its BatchNorm moving statistics lag weights that move fast), after 60 it reads 0.52 (0.08 at rate 0, the head
     # untrained); measured 2026-12-02. The frozen encoder's kNN / probe: 0.68 / 0.73.
     stdout, results, _, export_dir = run_recipe("supervised", tmp_path, "--steps_per_epoch", "30")
-    assert "Classifier test accuracy" in stdout
+    assert "Classifier test accuracy" in stdout and "a short run, 60 steps" in stdout
     assert CLASSIFIED < results["test_accuracy"] <= 1.0
     assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
     assert (export_dir / "1" / "saved_model.pb").exists()
