@@ -38,6 +38,7 @@ def build_parser():
     common.add_head_flags(parser, head="bn", per_view_bn=True, choices=("bn", "v1"))
     # From the recorded sweep (issue 10): 91.3% linear probe; the old defaults (LARS 0.5, v1 head, views together,
     # 2 epochs) had 85.7% under the then AdamW probe. recipes/supervised.py has the same budget, optimizer and views.
+    # The preset's colour jitter s=0.5 stays: SimCLR's s=1.5 cost SupCon 1.1 points of kNN and of probe (89.62 / 90.20%).
     parser.set_defaults(optimizer="sgd", learning_rate=0.3, weight_decay=5e-4, epochs=3, crop_min=0.4)
     return parser
 
