@@ -165,12 +165,16 @@ def resolve_precision(precision, strategy, cpuinfo="/proc/cpuinfo"):
         return "mixed_bfloat16"
     if tf.config.list_physical_devices("GPU"):
         return "float32"
+    return "mixed_bfloat16" if has_amx(cpuinfo) else "float32"
+
+
+def has_amx(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU has AMX (flag `amx_bf16`); None where `cpuinfo` cannot be read."""
     try:
         with open(cpuinfo) as f:
-            flags = f.read().split()
+            return "amx_bf16" in f.read().split()
     except OSError:
-        return "float32"
-    return "mixed_bfloat16" if "amx_bf16" in flags else "float32"
+        return None
 
 
 def make_strategy(args):
