@@ -533,20 +533,42 @@ PRESETS = {
 }
 
 
-def simclr_preset(name, image_size, **overrides):
-    """A `SimCLRAugmenter` configured for a named setting.
+IMPLEMENTATIONS = ("keras_contrastive", "keras_cv")
+
+
+def _check_implementation(implementation):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}; got {implementation!r}.")
+
+
+def _build(image_size, implementation, channels, **kwargs):
+    if implementation == "keras_cv":
+        kwargs.pop("jit_compile", None)
+        return keras_cv_augmenter(image_size, channels=channels, **kwargs)
+    return SimCLRAugmenter(image_size, **kwargs)
+
+
+def simclr_preset(name, image_size, implementation="keras_contrastive", channels=3, **overrides):
+    """A view augmenter configured for a named setting.
 
     Args:
         name: str. One of `PRESETS` ("imagenet", "cifar", "grayscale_small").
         image_size: int or `(height, width)`.
+        implementation: str. "keras_contrastive" (default): this module's
+            `SimCLRAugmenter`; "keras_cv": the same settings as a pipeline of
+            keras-cv 0.9 layers (`keras_cv_augmenter`), about 6x slower on 2
+            CPU cores (benchmarks/RESULTS.md, `augment_throughput.py`).
+        channels: int. Image channels (1 or 3); used by the keras-cv
+            pipeline, whose colour layers need to know. Defaults to 3.
         **overrides: any other `SimCLRAugmenter` argument.
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return SimCLRAugmenter(image_size, **{**PRESETS[name], **overrides})
+    _check_implementation(implementation)
+    return _build(image_size, implementation, channels, **{**PRESETS[name], **overrides})
 
 
-def moco_v3_augmenters(image_size, seed=None, **overrides):
+def moco_v3_augmenters(image_size, seed=None, implementation="keras_contrastive", channels=3, **overrides):
     """MoCo v3 / BYOL's asymmetric pair of view augmenters.
 
     Both: random resized crop (0.08-1), flip, colour jitter (0.4, 0.4, 0.2,
@@ -557,6 +579,9 @@ def moco_v3_augmenters(image_size, seed=None, **overrides):
     Args:
         image_size: int or `(height, width)`.
         seed: int or None. The second augmenter uses `seed + 1`.
+        implementation: str. "keras_contrastive" or "keras_cv" (see
+            `simclr_preset`). Defaults to "keras_contrastive".
+        channels: int. Image channels, for the keras-cv pipeline. Defaults to 3.
         **overrides: other `SimCLRAugmenter` arguments for both views (e.g.
             `blur=False` for 32x32 images).
 
@@ -569,7 +594,15 @@ def moco_v3_augmenters(image_size, seed=None, **overrides):
     second = dict(common, blur_probability=0.1, solarize_probability=0.2)
     first.setdefault("blur", True)
     second.setdefault("blur", True)
+    _check_implementation(implementation)
     return [
-        SimCLRAugmenter(image_size, seed=seed, **first),
-        SimCLRAugmenter(image_size, seed=None if seed is None else seed + 1, **second),
+        _build(image_size, implementation, channels, seed=seed, **first),
+        _build(image_size, implementation, channels, seed=None if seed is None else seed + 1, **second),
     ]
+
+
+# keras-cv and Keras preprocessing layers as augmenters (defined in their own
+# module, re-exported here next to our ops).
+from keras_contrastive.layer_augmenter import LayerAugmenter  # noqa: E402, F401
+from keras_contrastive.layer_augmenter import as_augmenter  # noqa: E402, F401
+from keras_contrastive.layer_augmenter import keras_cv_augmenter  # noqa: E402

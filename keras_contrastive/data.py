@@ -33,6 +33,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_contrastive import layer_augmenter
+
 # Where `load("fashion_mnist")` looks for the idx files shipped by Debian's
 # `dataset-fashion-mnist` package, unless `data_dir` or the environment
 # variable below says otherwise.
@@ -50,6 +52,9 @@ _BOUND_PATTERN = re.compile(r"^(-?\d+)(%?)$")
 # Chunk size used when a dataset is materialised as numpy arrays: large
 # enough that per-batch overhead is negligible, small enough to stay cheap.
 _ARRAY_BATCH = 1024
+# How far a view may leave [0, 1] before it is refused (float rounding of a
+# resize or blend, not a [0, 255] image).
+_VIEW_TOLERANCE = 0.02
 
 
 def load(
@@ -310,7 +315,10 @@ def contrastive_views(
         augmenter: callable or list/tuple of callables. Called as
             `augmenter(images, seed=view_seed)` on a `uint8` batch
             `[batch, H, W, C]`; must return float images
-            `[batch, h, w, C']`. One callable is used for every view (with
+            `[batch, h, w, C']` in [0, 1] (checked). A Keras or keras-cv
+            preprocessing layer (or a Sequential/Pipeline of them), which
+            takes no `seed`, is wrapped in
+            `keras_contrastive.augment.LayerAugmenter`. One callable is used for every view (with
             different seeds); a list must hold exactly `num_views`
             callables, one per view (e.g. asymmetric BYOL augmentations).
         batch_size: int. Number of images per batch, at least 1.
@@ -374,6 +382,9 @@ def contrastive_views(
             )
     else:
         augmenters = [augmenter] * num_views
+    # Keras / keras-cv preprocessing layers (no `seed` argument) run through
+    # `LayerAugmenter`, which seeds them and converts their value range.
+    augmenters = layer_augmenter.as_augmenter(augmenters)
     for index, function in enumerate(augmenters):
         if not callable(function):
             raise ValueError(
@@ -428,7 +439,16 @@ def contrastive_views(
                     "[0, 1]). Convert inside the augmenter, e.g. "
                     "`tf.cast(images, 'float32') / 255`."
                 )
-            views.append(tf.cast(view, tf.float32))
+            view = tf.cast(view, tf.float32)
+            message = (
+                f"The augmenter for view {view_index} returned values outside [0, 1]; views must be float "
+                "in [0, 1] (the exported encoder divides raw pixels by 255). For Keras or keras-cv layers "
+                "working in [0, 255], wrap them in keras_contrastive.augment.LayerAugmenter(layers, "
+                "value_range=(0, 255))."
+            )
+            tf.debugging.assert_greater_equal(tf.reduce_min(view), -_VIEW_TOLERANCE, message=message)
+            tf.debugging.assert_less_equal(tf.reduce_max(view), 1.0 + _VIEW_TOLERANCE, message=message)
+            views.append(view)
         shapes = [view.shape for view in views]
         if any(not shape.is_compatible_with(shapes[0]) for shape in shapes):
             raise ValueError(

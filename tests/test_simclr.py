@@ -143,8 +143,10 @@ def test_in_step_augmentation_trains_on_the_views_its_seeds_give_on_the_host():
     host.set_weights(init)
     ref = host.fit(views, batch_size=16, epochs=1, verbose=0, shuffle=False).history
     np.testing.assert_allclose(hist["loss"], ref["loss"], rtol=1e-6)
+    # atol 5e-6: float rounding of the views (graph vs eager) moved one kernel entry by 1.1e-6 on an AMD
+    # EPYC machine; views from a wrong seed move the weights by ~1e-3.
     for (path, want), (_, got) in zip(weights_of(host), weights_of(in_step)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-6, err_msg=path)
 
 
 def test_save_load_round_trip(tmp_path):

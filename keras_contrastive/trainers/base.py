@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_contrastive import distribute
+from keras_contrastive import layer_augmenter
 from keras_contrastive.encoders import feature_dim as _feature_dim
 from keras_contrastive.layers import batch_normalization
 from keras_contrastive.losses import at_least_float32
@@ -76,8 +77,10 @@ class ContrastiveTrainer(keras.Model):
     Args:
         encoder: keras.Model. Images (float32 in [0, 1]) to `[batch, dim]`.
         augmenter: a layer (used for every view) or a list of `num_views`
-            layers, each called as `augmenter(images, seed=...)`. May be None
-            if the data always arrives as views.
+            layers, each called as `augmenter(images, seed=...)`; a Keras or
+            keras-cv preprocessing layer (or a Sequential/Pipeline of them)
+            is wrapped in `keras_contrastive.augment.LayerAugmenter`. May be
+            None if the data always arrives as views.
         num_classes: int or None. Adds an online linear probe on the
             stop-gradient features, trained from the labels in the data, that
             reports `probe_accuracy` and never changes the encoder's
@@ -111,6 +114,9 @@ class ContrastiveTrainer(keras.Model):
                     "augmenter (used for every view) or one per view."
                 )
             augmenter = list(augmenter)
+        # Keras / keras-cv preprocessing layers (no `seed` argument) are
+        # wrapped to take the step's seed and give views in [0, 1].
+        augmenter = layer_augmenter.as_augmenter(augmenter)
         self.augmenter = augmenter
         for layer in augmenter if isinstance(augmenter, list) else [augmenter]:
             # Augmenters hold no weights; mark them built so the whole model
