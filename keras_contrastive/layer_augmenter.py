@@ -438,8 +438,12 @@ def keras_cv_augmenter(
     in keras-cv (SimCLR v1's `random_brightness` is too; torchvision's and ours
     multiply), saturation factor f in keras-cv scales saturation by f / (1 - f),
     so a multiplier range [lo, hi] becomes [lo / (1 + lo), hi / (1 + hi)], and
-    keras-cv's hue factor f shifts hue by up to f / 2 turns. keras-cv applies
-    the four jitter operations in a fixed order, not SimCLR's random one.
+    keras-cv's hue factor f shifts hue by up to f / 2 turns; brightness and
+    contrast maxima above 1 (s > 1.25) are clamped to keras-cv's limit of 1.
+    keras-cv applies the four jitter operations in a fixed order, not
+    SimCLR's random one. An additive shift of up to 0.8 s of the value range
+    turns many views all black or all white at s >= 1: the multiplicative
+    jitter of our ops is gentler at the same s.
 
     Args:
         image_size: int or `(height, width)`. Output size.
@@ -469,6 +473,10 @@ def keras_cv_augmenter(
         if color_jitter_factors is not None
         else [color_jitter_strength * k for k in augment._JITTER_SCALE]
     )
+    # keras-cv takes at most 1 for brightness (additive: a shift by the whole
+    # value range) and contrast (factors in [1 - c, 1 + c] within [0, 2]);
+    # SimCLR's s = 1.5 asks 1.2 of both.
+    b, c = min(b, 1.0), min(c, 1.0)
     if color_jitter_probability > 0 and max(b, c, s, h) > 0:
         if channels == 3:
             low, high = max(1.0 - s, 0.0), 1.0 + s

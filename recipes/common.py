@@ -56,6 +56,13 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
     p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
     p.add_argument(
+        "--augment_with",
+        default="keras_contrastive",
+        choices=kc.augment.IMPLEMENTATIONS,
+        help="the preset built from our batched ops (default) or from keras-cv 0.9 layers "
+        "(about 6x slower at 32x32, benchmarks/RESULTS.md)",
+    )
+    p.add_argument(
         "--crop_min", type=float, default=None, help="smallest crop area fraction (default: the --augment preset's)"
     )
     p.add_argument(
@@ -195,14 +202,24 @@ class Classifier(kc.distribute.MultiWorkerFit, keras.Model):
     """A Functional classifier (`Classifier(inputs, logits)`) whose `fit` also runs multi-worker."""
 
 
-def augmenter(args):
-    """The `--augment` preset with `--crop_min` / `--jitter_strength` where given: one `SimCLRAugmenter`."""
+def augmenter(args, channels=3):
+    """The `--augment` preset with `--crop_min` / `--jitter_strength` where given, built `--augment_with`.
+
+    `channels`: of the training images (keras-cv's colour layers need to know).
+    """
     overrides = {}
     if args.crop_min is not None:
         overrides["crop_area"] = (args.crop_min, 1.0)
     if args.jitter_strength is not None:
         overrides["color_jitter_strength"] = args.jitter_strength
-    return kc.augment.simclr_preset(args.augment, args.image_size, seed=args.seed, **overrides)
+    return kc.augment.simclr_preset(
+        args.augment,
+        args.image_size,
+        implementation=args.augment_with,
+        channels=channels,
+        seed=args.seed,
+        **overrides,
+    )
 
 
 def train_split(args):

@@ -33,7 +33,7 @@ import common
 import keras_contrastive as kc
 
 
-def view_augmenters(args):
+def view_augmenters(args, channels=3):
     """MoCo v3's two view augmenters with `--crop_min` and `--jitter_strength`.
 
     MoCo v3's jitter maxima (0.4, 0.4, 0.2, 0.1) are SimCLR's strength 0.5 for brightness, contrast and hue;
@@ -43,7 +43,13 @@ def view_augmenters(args):
     if args.jitter_strength is not None:
         jitter["color_jitter_factors"] = tuple(f * args.jitter_strength / 0.5 for f in (0.4, 0.4, 0.2, 0.1))
     return kc.augment.moco_v3_augmenters(
-        args.image_size, seed=args.seed, blur=args.augment_blur, crop_area=(args.crop_min, 1.0), **jitter
+        args.image_size,
+        seed=args.seed,
+        implementation=args.augment_with,
+        channels=channels,
+        blur=args.augment_blur,
+        crop_area=(args.crop_min, 1.0),
+        **jitter,
     )
 
 
@@ -73,7 +79,7 @@ def main(argv=None):
     num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
 
     # 2. MoCo v3's asymmetric pair of views (blur/solarize differ), made on the host.
-    augmenters = view_augmenters(args)
+    augmenters = view_augmenters(args, channels=train_arrays[0].shape[-1])
 
     # 3. Encoder and trainer: momentum schedule over the whole run.
     with strategy.scope():

@@ -72,7 +72,7 @@ def main(argv=None):
     num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
 
     # 2. Augmentation: two views per image, made on the host in tf.data.
-    augmenter = common.augmenter(args)
+    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
 
     # 3. Encoder and trainer (SimCLR head, NT-Xent, online linear probe).
     with strategy.scope():

@@ -58,7 +58,7 @@ def main(argv=None):
         train = kc.data.class_balanced(train, num_classes, seed=args.seed)
 
     # 2. Augmentation: SimCLR-style views, made on the host.
-    augmenter = common.augmenter(args)
+    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
 
     # 3. Stage 1: encoder + SupCon trainer.
     with strategy.scope():

@@ -50,7 +50,7 @@ def main(argv=None):
     num_classes = int(train_arrays[1].max()) + 1
 
     # 2. One augmented view per image, made on the host with the same augmenter.
-    augmenter = common.augmenter(args)
+    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
     backup = common.backup(args)  # a killed run resumes from its last backup, data included
     views = kc.data.contrastive_views(
         train,

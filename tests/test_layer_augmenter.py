@@ -204,6 +204,10 @@ def test_presets_build_from_keras_cv_with_the_same_settings():
     # MoCo v3's second view alone solarizes (p=0.2); blur is off here (32x32).
     assert [type(a.layer.layers[-1]._layer).__name__ for a in pair] == ["Grayscale", "Solarization"]
     assert pair[1].layer.layers[-1]._rate == 0.2
+    # s = 1.5 asks 1.2 of brightness and contrast; keras-cv takes at most 1 (clamped, not refused).
+    strong = kc.augment.simclr_preset("cifar", 32, implementation="keras_cv", color_jitter_strength=1.5)
+    strong_jitter = strong.layer.layers[2]._layer
+    assert (strong_jitter.brightness_factor, strong_jitter.contrast_factor) == (1.0, 1.0)
     with pytest.raises(ValueError, match="implementation"):
         kc.augment.simclr_preset("cifar", 32, implementation="torchvision")
 

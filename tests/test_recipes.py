@@ -300,6 +300,8 @@ def test_crop_and_jitter_flags_reach_the_augmenters(recipe):
         first, second = module.view_augmenters(parse("--crop_min", "0.35", "--jitter_strength", "1.0"))
         assert first.crop_area == second.crop_area == (0.35, 1.0)
         assert first.color_jitter_factors == second.color_jitter_factors == pytest.approx((0.8, 0.8, 0.4, 0.2))
+        keras_cv = module.view_augmenters(parse("--crop_min", "0.35", "--augment_with", "keras_cv"), channels=1)
+        assert [a.layer.layers[0].crop_area_factor.lower for a in keras_cv] == [0.35, 0.35]
         default = module.view_augmenters(parse())[0]
         assert default.crop_area == (0.2, 1.0)
         assert default.color_jitter_factors == pytest.approx((0.4, 0.4, 0.2, 0.1))
@@ -309,6 +311,13 @@ def test_crop_and_jitter_flags_reach_the_augmenters(recipe):
     changed = common.augmenter(parse("--crop_min", "0.35", "--jitter_strength", "0.8"))
     assert changed.crop_area == (0.35, 1.0) and changed.color_jitter_strength == 0.8
     assert changed.image_size == default.image_size == (28, 28)
+    # Built from keras-cv layers: the same flags reach them (crop area; s = 0.8 -> contrast 0.64).
+    flags = ("--crop_min", "0.35", "--jitter_strength", "0.8", "--augment_with", "keras_cv")
+    keras_cv = common.augmenter(parse(*flags), channels=1)
+    crop, *_, jitter = keras_cv.layer.layers
+    assert (crop.crop_area_factor.lower, crop.target_size) == (0.35, (28, 28))
+    assert jitter._layer.layers[1].factor_input == pytest.approx(0.64)
+    assert keras_cv(np.zeros((2, 28, 28, 1), "uint8"), seed=[0, 0]).shape == (2, 28, 28, 1)
 
 
 RESUME = [
