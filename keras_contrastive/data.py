@@ -46,6 +46,8 @@ _FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# The first bytes of a JPEG, PNG, GIF and BMP file.
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 # "name" or "name[lo:hi]", each bound empty, an int or a percentage.
 _SPLIT_PATTERN = re.compile(r"^\s*(\w+)\s*(?:\[\s*([^\]:]*?)\s*:\s*([^\]:]*?)\s*\])?\s*$")
 _BOUND_PATTERN = re.compile(r"^(-?\d+)(%?)$")
@@ -148,6 +150,14 @@ def load(
             labels=labels,
             shuffle_files=shuffle_files,
             same_size=image_size is None,
+        )
+    elif isinstance(name, str) and name.startswith(("/", ".", "~")):
+        # A path, and not an existing folder: tfds would answer with its help
+        # on dataset-name syntax, which says nothing about the folder.
+        raise FileNotFoundError(
+            f"No folder {name!r} exists (tried as an image folder: {os.path.abspath(os.path.expanduser(name))}); "
+            "a path is not a tfds dataset name. Pass an existing folder of images, 'fashion_mnist', or a name "
+            "from `tfds.list_builders()`."
         )
     elif isinstance(name, str) and name == "fashion_mnist":
         dataset = _load_fashion_mnist(split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files)
@@ -877,7 +887,14 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
     num_channels = {1: 1, 2: 1, 3: 3, 4: 3}[source_channels]
 
     def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=num_channels, expand_animations=False)
+        contents = tf.io.read_file(path)
+        # Name the file that is not an image (TensorFlow's decode error does
+        # not): its first bytes must be a JPEG, PNG, GIF or BMP signature.
+        known = tf.reduce_any(
+            [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic in _IMAGE_SIGNATURES]
+        )
+        tf.debugging.Assert(known, ["Not a JPEG, PNG, GIF or BMP image (remove it from the folder):", path])
+        image = tf.io.decode_image(contents, channels=num_channels, expand_animations=False)
         if not same_size:
             # `image_size` will bring every image to one size later.
             image.set_shape([None, None, num_channels])

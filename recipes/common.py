@@ -19,6 +19,34 @@ import tensorflow as tf  # noqa: E402
 import keras_contrastive as kc  # noqa: E402
 
 
+def at_least(minimum, kind=int):
+    """An argparse type: a number of `kind` >= `minimum`, so a bad flag is one line of usage, not a traceback."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def positive(text):
+    """An argparse type: a float > 0 (temperatures, learning rates, widths)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0, temperature=0.5):
     """The flags every recipe takes, with this method's defaults."""
     name = f"{method}_fashion_mnist"
@@ -26,14 +54,16 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument(
         "--dataset", default="fashion_mnist", help="fashion_mnist (local files), a tfds name, or an image folder"
     )
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch_size", type=int, default=batch_size, help="global batch size (all replicas)")
-    p.add_argument("--steps_per_epoch", type=int, default=None, help="default: one pass over the training split")
-    p.add_argument("--image_size", type=int, default=32, help="Fashion-MNIST's 28x28 is zero-padded to 32x32")
+    p.add_argument("--epochs", type=at_least(1), default=epochs)
+    p.add_argument("--batch_size", type=at_least(1), default=batch_size, help="global batch size (all replicas)")
+    p.add_argument(
+        "--steps_per_epoch", type=at_least(1), default=None, help="default: one pass over the training split"
+    )
+    p.add_argument("--image_size", type=at_least(1), default=32, help="Fashion-MNIST's 28x28 is zero-padded to 32x32")
     p.add_argument(
         "--encoder", default="resnet18", choices=["resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"]
     )
-    p.add_argument("--patch_size", type=int, default=4, help="ViT patch size (16 for 224x224 images)")
+    p.add_argument("--patch_size", type=at_least(1), default=4, help="ViT patch size (16 for 224x224 images)")
     p.add_argument("--model_dir", default=f"runs/{name}")
     p.add_argument("--export_dir", default=f"saved_models/{name}")
     p.add_argument("--seed", type=int, default=0)
@@ -53,7 +83,9 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         "(and CPUs with AMX), mixed_float16 (loss-scaled) on GPUs; auto: mixed_bfloat16 on a TPU or an AMX CPU "
         "without GPU, float32 elsewhere",
     )
-    p.add_argument("--channels", type=int, default=3, help="3 repeats grayscale images to RGB; 0 keeps them")
+    p.add_argument(
+        "--channels", type=int, default=3, choices=[0, 1, 3], help="3 repeats grayscale images to RGB; 0 keeps them"
+    )
     p.add_argument("--augment", default="grayscale_small", choices=sorted(kc.augment.PRESETS))
     p.add_argument(
         "--augment_with",
@@ -72,21 +104,21 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         help="colour jitter strength s, SimCLR's (maxima 0.8s brightness, contrast, saturation, 0.2s hue; "
         "default: the --augment preset's)",
     )
-    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--max_train_examples", type=at_least(1), default=None, help="use only the first N training images")
     p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
-    p.add_argument("--width_multiplier", type=float, default=0.25)
+    p.add_argument("--width_multiplier", type=positive, default=0.25)
     p.add_argument(
         "--zero_init_residual",
         action="store_true",
         help="start residual branches at zero as SimCLR's ResNet does; off here because at 4 epochs on "
         "Fashion-MNIST it measured 2.6 points lower kNN accuracy (benchmarks/RESULTS.md)",
     )
-    p.add_argument("--projection_dim", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--projection_dim", type=at_least(1), default=128)
+    p.add_argument("--temperature", type=positive, default=temperature)
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
-    p.add_argument("--learning_rate", type=float, default=learning_rate, help="base rate, scaled by --lr_scaling")
+    p.add_argument("--learning_rate", type=positive, default=learning_rate, help="base rate, scaled by --lr_scaling")
     p.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt"])
-    p.add_argument("--weight_decay", type=float, default=1e-6)
+    p.add_argument("--weight_decay", type=at_least(0.0, float), default=1e-6)
     p.add_argument(
         "--weight_decay_type",
         default="auto",
@@ -94,9 +126,9 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         help="coupled: weight_decay * w added to the gradient before momentum (PyTorch's SGD, SimCLR's LARS); "
         "decoupled: w shrunk outside the momentum (Keras' SGD, AdamW). auto: coupled for lars/sgd, decoupled for adamw",
     )
-    p.add_argument("--warmup_epochs", type=float, default=0.2)
-    p.add_argument("--knn_k", type=int, default=200)
-    p.add_argument("--linear_probe_epochs", type=int, default=50, help="0 skips the linear probe")
+    p.add_argument("--warmup_epochs", type=at_least(0.0, float), default=0.2)
+    p.add_argument("--knn_k", type=at_least(1), default=200)
+    p.add_argument("--linear_probe_epochs", type=at_least(0), default=50, help="0 skips the linear probe")
     p.add_argument(
         "--linear_probe_solver",
         default="lbfgs",
@@ -227,10 +259,20 @@ def train_split(args):
 
 
 def load_split(args, split):
-    """`(dataset, arrays)` of a split: the tf.data source and `(x, y)` numpy arrays (y may be None)."""
+    """`(dataset, arrays)` of a split: the tf.data source and `(x, y)` numpy arrays (y may be None).
+
+    Data the user named wrongly (no such folder or tfds name, no images, a file that is not an image)
+    ends the run with one line saying so, not a traceback.
+    """
     channels = args.channels or None
-    dataset = kc.data.load(args.dataset, split, image_size=args.image_size, channels=channels)
-    arrays = kc.data.load_arrays(args.dataset, split, image_size=args.image_size, channels=channels)
+    try:
+        dataset = kc.data.load(args.dataset, split, image_size=args.image_size, channels=channels)
+        arrays = kc.data.load_arrays(args.dataset, split, image_size=args.image_size, channels=channels)
+    except (FileNotFoundError, ValueError, tf.errors.InvalidArgumentError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise SystemExit(
+            f"error: --dataset {args.dataset} (split {split!r}): {message.strip().splitlines()[0]}"
+        ) from None
     return dataset, arrays
 
 

@@ -51,6 +51,10 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+    # tfds retries a failed download 10 times with exponential backoff (about 3.5 minutes).
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
 
 
 # ---------------------------------------------------------------------------
@@ -349,6 +353,35 @@ def test_directory_errors(tmp_path):
         data.load(tmp_path)
 
 
+def test_a_path_that_does_not_exist_is_named_not_sent_to_tfds(tmp_path):
+    """`--dataset /nonexistent` used to print tfds' help on dataset-name syntax."""
+    for name in ("/nonexistent", "./no_such_folder", str(tmp_path / "missing")):
+        with pytest.raises(FileNotFoundError, match="No folder .* exists"):
+            data.load(name)
+
+
+def test_a_file_that_is_not_an_image_is_named(tmp_path):
+    _write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b.jpg").write_bytes(b"this is not a jpeg, it is text with a .jpg name")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Not a JPEG, PNG, GIF or BMP image.*b\.jpg"):
+        data.load_arrays(tmp_path)
+
+
+def test_mixed_grayscale_and_rgb_files(tmp_path):
+    """A folder of RGB JPEGs and grayscale PNGs: every image gets the first file's channels
+    (decoded at that count), or the requested ones."""
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    gray = np.full((8, 8, 1), 77, np.uint8)
+    _write_png(tmp_path / "a.png", rgb)
+    _write_png(tmp_path / "b.png", gray)
+    x, _ = data.load_arrays(tmp_path)
+    assert x.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(x[0], rgb)
+    np.testing.assert_array_equal(x[1], np.full((8, 8, 3), 77))
+    x, _ = data.load_arrays(tmp_path, channels=1)
+    assert x.shape == (2, 8, 8, 1) and np.all(x[1] == 77)
+
+
 # ---------------------------------------------------------------------------
 # TensorFlow Datasets.
 
@@ -381,6 +414,9 @@ def test_tfds_not_prepared(tmp_path, no_network):
     with pytest.raises(FileNotFoundError, match=r"tfds build mnist") as info:
         data.load("mnist", data_dir=str(tmp_path))
     assert str(tmp_path) in str(info.value)
+    # tfds got as far as downloading (failing on the network), not stopped by a missing
+    # dependency of its download path (`importlib_resources`, issue 11).
+    assert "network disabled in tests" in str(info.value)
 
 
 def test_invalid_name_type():

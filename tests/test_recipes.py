@@ -405,3 +405,20 @@ def test_precision_auto_picks_bfloat16_only_where_hardware_runs_it(tmp_path):
     assert common.resolve_precision("auto", TPUStrategy(), str(plain)) == "mixed_bfloat16"
     for given in ("float32", "mixed_bfloat16", "mixed_float16"):
         assert common.resolve_precision(given, TPUStrategy(), str(amx)) == given
+
+
+@pytest.mark.parametrize(
+    "flags, status, line",
+    [
+        (["--batch_size", "0"], 2, "argument --batch_size: must be >= 1, got 0"),
+        (["--temperature", "-0.1"], 2, "argument --temperature: must be > 0, got -0.1"),
+        (["--dataset", "/nonexistent"], 1, "error: --dataset /nonexistent (split 'train'): No folder '/nonexistent'"),
+    ],
+)
+def test_bad_input_gets_one_line_not_a_traceback(tmp_path, flags, status, line):
+    """As a new user would try it (issue 11): a bad flag or a dataset that does not exist ends the
+    run with one line naming it, before any training."""
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "simclr.py"), "--model_dir", str(tmp_path), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert line in proc.stderr and "Traceback" not in proc.stderr
