@@ -27,7 +27,6 @@ for views, labels in views.take(1):
 import gzip
 import math
 import os
-import pathlib
 import re
 
 import numpy as np
@@ -78,7 +77,8 @@ def load(
       `KC_FASHION_MNIST_DIR` environment variable, else from
       `/usr/share/datasets/fashion-mnist`. When these files are missing,
       TensorFlow Datasets is tried instead. Images are `[28, 28, 1]`.
-    - A `pathlib.Path` or a string naming an existing directory: a folder of
+    - A `pathlib.Path` or a string naming an existing directory (local, or on
+      any TensorFlow file system such as `gs://`): a folder of
       image files (PNG, JPEG, BMP, GIF). Sub-folders are classes, labelled
       `0..K-1` in sorted folder-name order; a flat folder has no labels.
       Images keep their file size (all files must share it unless
@@ -143,9 +143,9 @@ def load(
         x = x[start:stop]
         y = None if y is None else y[start:stop]
         dataset = _dataset_from_arrays(x, y if labels else None)
-    elif isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name)):
+    elif isinstance(name, os.PathLike) or (isinstance(name, str) and tf.io.gfile.isdir(name)):
         dataset = _load_directory(
-            pathlib.Path(name),
+            os.fspath(name),
             split,
             labels=labels,
             shuffle_files=shuffle_files,
@@ -845,39 +845,50 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files):
 # Folders of image files.
 
 
-def _is_image_file(path):
-    return path.is_file() and path.suffix.lower() in _IMAGE_EXTENSIONS
+def _is_image_name(name):
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in _IMAGE_EXTENSIONS
+
+
+def _image_files_under(directory):
+    """Image files anywhere under `directory`, sorted; through `tf.io.gfile`, so `gs://` and other
+    TensorFlow file systems work as local folders do."""
+    return sorted(
+        tf.io.gfile.join(folder, name)
+        for folder, _, names in tf.io.gfile.walk(directory)
+        for name in names
+        if _is_image_name(name)
+    )
 
 
 def _load_directory(root, split, labels, shuffle_files, same_size):
-    if not root.is_dir():
+    if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(
-            f"Image directory {str(root)!r} does not exist. Pass an existing "
+            f"Image directory {root!r} does not exist. Pass an existing "
             "directory of images (one sub-folder per class, or a flat folder)."
         )
     _parse_split(split, ("train",))
     if split.strip() != "train":
         raise ValueError(f"A directory of images has a single split; pass split='train'. Received: split={split!r}")
-    entries = sorted(root.iterdir(), key=lambda p: p.name)
-    class_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
-    top_files = [p for p in entries if _is_image_file(p)]
+    entries = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root))
+    class_dirs = [n for n in entries if not n.startswith(".") and tf.io.gfile.isdir(tf.io.gfile.join(root, n))]
+    top_files = [tf.io.gfile.join(root, n) for n in entries if n not in class_dirs and _is_image_name(n)]
     if class_dirs and top_files:
         raise ValueError(
-            f"{str(root)!r} holds both image files and sub-folders "
-            f"({', '.join(p.name for p in class_dirs[:5])}), so it is unclear "
+            f"{root!r} holds both image files and sub-folders "
+            f"({', '.join(class_dirs[:5])}), so it is unclear "
             "whether the sub-folders are classes. Put every image in a class "
             "sub-folder, or use a flat folder without sub-folders."
         )
     if class_dirs:
         files, file_labels = [], []
         for label, class_dir in enumerate(class_dirs):
-            class_files = sorted(str(p) for p in class_dir.rglob("*") if _is_image_file(p))
+            class_files = _image_files_under(tf.io.gfile.join(root, class_dir))
             files.extend(class_files)
             file_labels.extend([label] * len(class_files))
     else:
-        files, file_labels = [str(p) for p in top_files], None
+        files, file_labels = top_files, None
     if not files:
-        raise FileNotFoundError(f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {str(root)!r}.")
+        raise FileNotFoundError(f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {root!r}.")
 
     # The first file fixes the channel count (so elements have a static
     # shape) and the reference size other files are checked against.

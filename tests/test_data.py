@@ -353,6 +353,20 @@ def test_directory_errors(tmp_path):
         data.load(tmp_path)
 
 
+def test_a_folder_on_another_tensorflow_file_system():
+    """Folders are listed and read through tf.io.gfile, so gs:// buckets (TPU pods) work as local
+    folders do; TensorFlow's in-memory ram:// file system stands in for one here."""
+    root = "ram://kc_images"
+    images = np.random.default_rng(1).integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
+    for name, image in zip(["cat/1.png", "cat/sub/2.png", "dog/3.png"], images):
+        tf.io.gfile.makedirs(root + "/" + name.rsplit("/", 1)[0])
+        tf.io.write_file(f"{root}/{name}", tf.io.encode_png(image))
+    tf.io.write_file(f"{root}/dog/notes.txt", "not an image")
+    x, y = data.load_arrays(root)
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(y, [0, 0, 1])
+
+
 def test_a_path_that_does_not_exist_is_named_not_sent_to_tfds(tmp_path):
     """`--dataset /nonexistent` used to print tfds' help on dataset-name syntax."""
     for name in ("/nonexistent", "./no_such_folder", str(tmp_path / "missing")):
