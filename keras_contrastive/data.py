@@ -254,21 +254,27 @@ def load_arrays(name, split="train", **kwargs):
     return x, y
 
 
-def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0):
+def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0, initial_dist=None):
     """An endless stream in which every class is equally likely.
 
     For SupCon on imbalanced data: with classes drawn uniformly, rare classes
-    appear often enough that their anchors have positives in a batch. Each
-    class is a filtered, shuffled, repeated copy of `dataset`, and
-    `tf.data.Dataset.sample_from_datasets` picks among them with equal
-    weights.
+    appear often enough that their anchors have positives in a batch. One
+    shuffled, repeated stream of `dataset` goes through
+    `tf.data.Dataset.rejection_resample`, which keeps each example with a
+    probability that evens out the classes. A filtered copy per class would
+    hold one shuffle buffer per class (1,000 of them for ImageNet) and read
+    the data once per class.
 
     Args:
         dataset: `tf.data.Dataset` of `(image, label)`, unbatched.
         num_classes: int. Labels must be in `[0, num_classes)`; every class
-            must occur at least once.
-        shuffle_buffer: int. Per-class shuffle buffer. Defaults to 10000.
+            must occur.
+        shuffle_buffer: int. Shuffle buffer of the stream. Defaults to 10000.
         seed: int. Defaults to 0.
+        initial_dist: list of `num_classes` floats or None. The classes'
+            frequencies in `dataset`, if known (`np.bincount(labels) / n`);
+            None estimates them from the stream as it goes, so the first
+            few hundred examples are less balanced. Defaults to None.
 
     Returns:
         An infinite `tf.data.Dataset` of `(image, label)`; batch it (or pass
@@ -280,12 +286,21 @@ def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0):
             f"class_balanced needs labels: `dataset` must yield (image, label) pairs; got elements {spec}."
         )
     num_classes = _check_int("num_classes", num_classes, minimum=2)
-    streams = []
-    for c in range(num_classes):
-        stream = dataset.filter(lambda image, label, c=c: tf.equal(tf.cast(label, tf.int64), c))
-        streams.append(stream.shuffle(shuffle_buffer, seed=seed + c).repeat())
-    weights = [1.0 / num_classes] * num_classes
-    return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+    if initial_dist is not None:
+        initial_dist = np.asarray(initial_dist, np.float32)
+        if initial_dist.shape != (num_classes,) or initial_dist.min() <= 0:
+            raise ValueError(
+                f"`initial_dist` must hold {num_classes} frequencies > 0 (every class must occur); got {initial_dist}."
+            )
+        initial_dist = initial_dist / initial_dist.sum()
+    stream = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
+    balanced = stream.rejection_resample(
+        lambda image, label: tf.cast(label, tf.int32),
+        target_dist=[1.0 / num_classes] * num_classes,
+        initial_dist=initial_dist,
+        seed=seed,
+    )
+    return balanced.map(lambda label, element: element)
 
 
 def contrastive_views(

@@ -22,6 +22,7 @@ kNN 90.4%).
 import argparse
 
 import common
+import numpy as np
 
 import keras_contrastive as kc
 
@@ -55,7 +56,10 @@ def main(argv=None):
     num_train = len(train_arrays[0])
     num_classes = int(train_arrays[1].max()) + 1
     if args.class_balanced:
-        train = kc.data.class_balanced(train, num_classes, seed=args.seed)
+        frequencies = np.bincount(train_arrays[1], minlength=num_classes)
+        if frequencies.min() == 0:
+            raise SystemExit(f"--class_balanced: classes {np.flatnonzero(frequencies == 0).tolist()} have no examples.")
+        train = kc.data.class_balanced(train, num_classes, seed=args.seed, initial_dist=frequencies)
 
     # 2. Augmentation: SimCLR-style views, made on the host.
     augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])

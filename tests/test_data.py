@@ -629,12 +629,18 @@ def test_views_bad_arguments(small):
 
 def test_class_balanced_sampling_evens_out_rare_classes():
     rng = np.random.default_rng(0)
-    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    labels = np.array([0] * 700 + [1] * 200 + [2] * 100)
     images = rng.integers(0, 256, (1000, 4, 4, 1)).astype("uint8")
     ds = data.class_balanced(data.load((images, labels)), 3, seed=1)
-    drawn = np.array([int(y) for _, y in ds.take(3000).as_numpy_iterator()])
+    drawn = np.array([int(y) for _, y in ds.take(2000).as_numpy_iterator()])
     counts = np.bincount(drawn, minlength=3) / len(drawn)
     np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.04)
+    # With the frequencies given, balanced from the first batches on.
+    known = data.class_balanced(data.load((images, labels)), 3, seed=2, initial_dist=np.bincount(labels))
+    first = np.array([int(y) for _, y in known.take(600).as_numpy_iterator()])
+    np.testing.assert_allclose(np.bincount(first, minlength=3) / 600, [1 / 3] * 3, atol=0.06)
+    with pytest.raises(ValueError, match="every class must occur"):
+        data.class_balanced(data.load((images, labels)), 4, initial_dist=[1, 1, 1, 0])
     # Images stay paired with their labels.
     for x, y in ds.take(50).as_numpy_iterator():
         assert any(np.array_equal(x, images[i]) for i in np.flatnonzero(labels == y))
