@@ -67,6 +67,7 @@ def load(
     channels=None,
     data_dir=None,
     shuffle_files=False,
+    subset=None,
 ):
     """Loads an image dataset as an unbatched `tf.data.Dataset`.
 
@@ -119,6 +120,15 @@ def load(
         shuffle_files: bool. Shuffle the file order (tfds datasets and image
             folders); has no effect on arrays and the single-file
             Fashion-MNIST idx source. Defaults to `False`.
+        subset: path of a text file of example ids (one per line; blank
+            lines and `#` comments ignored), a list of ids, or None. Keeps
+            only those examples, as SimCLR's 1% / 10% ImageNet label lists
+            do: ids are file names (`n01440764_10026.JPEG`) for folders (the
+            file's name or its path under the folder) and for tfds datasets
+            with a `file_name` feature (ImageNet's), and example indices
+            within the split for arrays, Fashion-MNIST and tfds datasets
+            without file names. Every id must be found (checked for folders
+            and indices). Defaults to None (all examples).
 
     Returns:
         An unbatched `tf.data.Dataset` yielding `(image, label)`, with
@@ -137,11 +147,16 @@ def load(
             f"`split` must be a string such as 'train', 'test' or 'train[:512]'. Received: split={split!r}"
         )
 
+    ids = None if subset is None else _read_subset(subset)
+
     if isinstance(name, (np.ndarray, tuple)):
         x, y = _standardize_arrays(name)
         start, stop = _array_split_bounds(split, len(x))
         x = x[start:stop]
         y = None if y is None else y[start:stop]
+        if ids is not None:
+            index = _subset_indices(ids, len(x))
+            x, y = x[index], None if y is None else y[index]
         dataset = _dataset_from_arrays(x, y if labels else None)
     elif isinstance(name, os.PathLike) or (isinstance(name, str) and tf.io.gfile.isdir(name)):
         dataset = _load_directory(
@@ -150,6 +165,7 @@ def load(
             labels=labels,
             shuffle_files=shuffle_files,
             same_size=image_size is None,
+            subset=ids,
         )
     elif isinstance(name, str) and name.startswith(("/", ".", "~")):
         # A path, and not an existing folder: tfds would answer with its help
@@ -160,7 +176,7 @@ def load(
             "from `tfds.list_builders()`."
         )
     elif isinstance(name, str) and name == "fashion_mnist":
-        dataset = _load_fashion_mnist(split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files)
+        dataset = _load_fashion_mnist(split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=ids)
     elif isinstance(name, str):
         dataset = _load_tfds(
             name,
@@ -168,6 +184,7 @@ def load(
             labels=labels,
             data_dir=data_dir,
             shuffle_files=shuffle_files,
+            subset=ids,
         )
     else:
         raise ValueError(
@@ -207,12 +224,13 @@ def load_arrays(name, split="train", **kwargs):
         "channels",
         "data_dir",
         "shuffle_files",
+        "subset",
     }
     if unknown:
         raise ValueError(
             f"Unknown keyword arguments for `load_arrays`: {sorted(unknown)}. "
             "Expected only the keyword arguments of `load`: labels, "
-            "image_size, channels, data_dir, shuffle_files."
+            "image_size, channels, data_dir, shuffle_files, subset."
         )
     # Fast path: the raw idx arrays need no trip through tf.data.
     if (
@@ -221,6 +239,7 @@ def load_arrays(name, split="train", **kwargs):
         and not os.path.isdir(name)
         and kwargs.get("image_size") is None
         and kwargs.get("channels") is None
+        and kwargs.get("subset") is None
         and isinstance(split, str)
     ):
         arrays = _read_fashion_mnist_local(split, kwargs.get("data_dir"))
@@ -767,11 +786,14 @@ def _read_fashion_mnist_local(split, data_dir):
     )
 
 
-def _load_fashion_mnist(split, labels, data_dir, shuffle_files):
+def _load_fashion_mnist(split, labels, data_dir, shuffle_files, subset=None):
     base, _ = _parse_split(split, tuple(_FASHION_MNIST_FILES))
     arrays = _read_fashion_mnist_local(split, data_dir)
     if arrays is not None:
         x, y = arrays
+        if subset is not None:
+            index = _subset_indices(subset, len(x))
+            x, y = x[index], y[index]
         return _dataset_from_arrays(x, y if labels else None)
     directory = _fashion_mnist_dir(data_dir)
     try:
@@ -781,6 +803,7 @@ def _load_fashion_mnist(split, labels, data_dir, shuffle_files):
             labels=labels,
             data_dir=data_dir,
             shuffle_files=shuffle_files,
+            subset=subset,
         )
     except FileNotFoundError as error:
         tfds_dir = data_dir if data_dir is not None else "tfds' default data_dir"
@@ -802,7 +825,7 @@ def _load_fashion_mnist(split, labels, data_dir, shuffle_files):
 # TensorFlow Datasets.
 
 
-def _load_tfds(name, split, labels, data_dir, shuffle_files):
+def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None):
     # Imported here: tensorflow_datasets is slow to import and not needed
     # for local files and arrays.
     import tensorflow_datasets as tfds
@@ -842,6 +865,8 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files):
         raise ValueError(
             f"The 'image' feature of {name!r} is {spec['image']}; expected uint8 images of shape [H, W, C]."
         )
+    if subset is not None:
+        dataset = _filter_tfds(dataset, spec, subset, name)
     use_label = labels and "label" in spec
     if use_label and (not spec["label"].dtype.is_integer or spec["label"].shape.rank != 0):
         raise ValueError(
@@ -875,7 +900,7 @@ def _image_files_under(directory):
     )
 
 
-def _load_directory(root, split, labels, shuffle_files, same_size):
+def _load_directory(root, split, labels, shuffle_files, same_size, subset=None):
     if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(
             f"Image directory {root!r} does not exist. Pass an existing "
@@ -904,6 +929,8 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
         files, file_labels = top_files, None
     if not files:
         raise FileNotFoundError(f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {root!r}.")
+    if subset is not None:
+        files, file_labels = _subset_files(root, files, file_labels, subset)
 
     # The first file fixes the channel count (so elements have a static
     # shape) and the reference size other files are checked against.
@@ -951,6 +978,98 @@ def _load_directory(root, split, labels, shuffle_files, same_size):
     if shuffle_files:
         dataset = dataset.shuffle(len(files))
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------
+# Label subsets (SimCLR's 1% / 10% lists) and class-balanced fractions.
+
+
+def _read_subset(subset):
+    """Example ids from a text file (one per line) or a list."""
+    if isinstance(subset, (str, os.PathLike)):
+        path = os.fspath(subset)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"Subset file {path!r} does not exist (one example id per line).")
+        with tf.io.gfile.GFile(path) as f:
+            ids = [line.strip() for line in f]
+        source = repr(path)
+    else:
+        ids = [str(i).strip() for i in subset]
+        source = "the given list"
+    ids = [i for i in ids if i and not i.startswith("#")]
+    if not ids:
+        raise ValueError(f"The subset in {source} holds no example ids.")
+    return ids
+
+
+def _subset_indices(ids, num_examples):
+    """Integer ids as indices into a split of `num_examples` examples."""
+    try:
+        index = np.asarray([int(i) for i in ids], np.int64)
+    except ValueError:
+        raise ValueError(
+            "This source has no file names, so the subset's ids must be example indices within the split; "
+            f"got {ids[:3]}."
+        ) from None
+    bad = index[(index < 0) | (index >= num_examples)]
+    if len(bad):
+        raise ValueError(f"Subset indices {bad[:5].tolist()} are outside the split's {num_examples} examples.")
+    return np.unique(index)
+
+
+def _subset_files(root, files, file_labels, ids):
+    """The files named by `ids` (a file name, or the path under `root`)."""
+    wanted = set(ids)
+    prefix = root.rstrip("/") + "/"
+    keep = [i for i, path in enumerate(files) if os.path.basename(path) in wanted or path[len(prefix) :] in wanted]
+    found = {os.path.basename(files[i]) for i in keep} | {files[i][len(prefix) :] for i in keep}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the subset's {len(ids)} ids are not image files in {root!r}, e.g. {missing[:3]}."
+        )
+    return [files[i] for i in keep], None if file_labels is None else [file_labels[i] for i in keep]
+
+
+def _filter_tfds(dataset, spec, ids, name):
+    """Keeps the tfds examples named by `ids`: by `file_name` if the dataset has it, else by index."""
+    if "file_name" in spec:
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.ones([len(ids)], tf.int32)), default_value=0
+        )
+        return dataset.filter(lambda e: table.lookup(e["file_name"]) > 0)
+    index = tf.constant(_subset_indices(ids, np.iinfo(np.int64).max))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(index, tf.ones_like(index, tf.int32)), default_value=0
+    )
+    return dataset.enumerate().filter(lambda i, e: table.lookup(i) > 0).map(lambda i, e: e)
+
+
+def balanced_fraction(labels, fraction, seed=0):
+    """Indices of a class-balanced subset: `fraction` of each class, drawn with a seed.
+
+    The fallback when no published subset exists (SimCLR's 1% and 10% lists
+    are ImageNet's only). Each class keeps `round(fraction * count)`
+    examples, at least one.
+
+    Args:
+        labels: int array `[N]`.
+        fraction: float in (0, 1].
+        seed: int. Defaults to 0.
+
+    Returns:
+        Sorted int64 indices into `labels`.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must be in (0, 1]; got {fraction}.")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 # --------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def train_split(args):
     return "train" if not args.max_train_examples else f"train[:{args.max_train_examples}]"
 
 
-def load_split(args, split):
+def load_split(args, split, subset=None):
     """`(dataset, arrays)` of a split: the tf.data source and `(x, y)` numpy arrays (y may be None).
 
     Data the user named wrongly (no such folder or tfds name, no images, a file that is not an image)
@@ -266,8 +266,9 @@ def load_split(args, split):
     """
     channels = args.channels or None
     try:
-        dataset = kc.data.load(args.dataset, split, image_size=args.image_size, channels=channels)
-        arrays = kc.data.load_arrays(args.dataset, split, image_size=args.image_size, channels=channels)
+        kwargs = dict(image_size=args.image_size, channels=channels, subset=subset)
+        dataset = kc.data.load(args.dataset, split, **kwargs)
+        arrays = kc.data.load_arrays(args.dataset, split, **kwargs)
     except (FileNotFoundError, ValueError, tf.errors.InvalidArgumentError) as error:
         message = error.message if isinstance(error, tf.errors.OpError) else str(error)
         raise SystemExit(

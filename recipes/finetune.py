@@ -27,17 +27,6 @@ import tensorflow as tf
 import keras_contrastive as kc
 
 
-def balanced_subset(labels, fraction, seed):
-    """Indices of a class-balanced subset holding `fraction` of each class."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        take = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.permutation(members)[:take])
-    return np.sort(np.concatenate(chosen))
-
-
 def scratch_encoder(args, metadata):
     """The export's architecture with fresh weights (from the recipe args in its metadata)."""
     trained = metadata.get("args", {}) if metadata else {}
@@ -73,7 +62,17 @@ def main(argv=None):
     parser.add_argument(
         "--encoder_path", default="saved_models/simclr_fashion_mnist", help="export dir/version or .keras"
     )
-    parser.add_argument("--label_fractions", default="0.01,0.1", help="comma-separated, e.g. 0.01,0.1,1.0")
+    parser.add_argument(
+        "--label_fractions",
+        default="0.01,0.1",
+        help="comma-separated, e.g. 0.01,0.1,1.0: class-balanced fractions of the labels, drawn with --seed",
+    )
+    parser.add_argument(
+        "--label_subset",
+        default=None,
+        help="instead of --label_fractions: a file of example ids, one per line (SimCLR's 1%% / 10%% ImageNet "
+        "lists: file names; example indices for Fashion-MNIST)",
+    )
     parser.add_argument("--finetune_epochs", type=int, default=20, help="passes over each labelled subset")
     parser.add_argument("--min_steps", type=int, default=100)
     parser.add_argument(
@@ -94,7 +93,15 @@ def main(argv=None):
     _, (x_train, y_train) = common.load_split(args, common.train_split(args))
     _, (x_test, y_test) = common.load_split(args, "test")
     num_classes = int(y_train.max()) + 1
-    augmenter = common.augmenter(args)
+    augmenter = common.augmenter(args, channels=x_train.shape[-1])
+    if args.label_subset:  # a published list of labelled examples
+        _, (x_sub, y_sub) = common.load_split(args, common.train_split(args), subset=args.label_subset)
+        subsets = [(os.path.basename(args.label_subset), x_sub, y_sub)]
+    else:  # class-balanced fractions drawn with the seed
+        subsets = []
+        for fraction in [float(f) for f in args.label_fractions.split(",")]:
+            idx = kc.data.balanced_fraction(y_train, fraction, args.seed)
+            subsets.append((f"{fraction:g}", x_train[idx], y_train[idx]))
 
     metadata = None
     if not args.encoder_path.endswith(".keras"):
@@ -102,15 +109,14 @@ def main(argv=None):
     scratch_encoder(args, metadata)
 
     results = {}
-    for fraction in [float(f) for f in args.label_fractions.split(",")]:
-        # 2. A class-balanced labelled subset, augmented (one view per image) on the host.
-        idx = balanced_subset(y_train, fraction, args.seed)
-        subset = kc.data.load((x_train[idx], y_train[idx]))
-        batch = min(args.batch_size, len(idx))
+    for name, x_labelled, y_labelled in subsets:
+        # 2. The labelled subset, augmented (one view per image) on the host.
+        subset = kc.data.load((x_labelled, y_labelled))
+        batch = min(args.batch_size, len(y_labelled))
         views = kc.data.contrastive_views(
-            subset, augmenter, batch, num_views=1, shuffle_buffer=len(idx), seed=args.seed, repeat=True
+            subset, augmenter, batch, num_views=1, shuffle_buffer=len(y_labelled), seed=args.seed, repeat=True
         ).map(lambda v, y: (tf.cast(tf.round(v[:, 0] * 255.0), tf.uint8), y))
-        steps = max(args.min_steps, args.finetune_epochs * (len(idx) // batch))
+        steps = max(args.min_steps, args.finetune_epochs * (len(y_labelled) // batch))
 
         # 3. Fine-tune the pretrained encoder, and train the same network from scratch.
         with strategy.scope():
@@ -121,13 +127,14 @@ def main(argv=None):
                 keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))), num_classes
             )
             row = {
-                "labels": int(len(idx)),
+                "labels": int(len(y_labelled)),
                 "pretrained": train_and_test(pretrained, views, steps, batch, args, x_test, y_test),
                 "scratch": train_and_test(scratch, views, steps, batch, args, x_test, y_test),
             }
-        results[f"{fraction:g}"] = row
+        results[name] = row
+        label = f"{float(name):>6.1%}" if not args.label_subset else name
         print(
-            f"{fraction:>6.1%} labels ({row['labels']} images, {steps} steps): "
+            f"{label} labels ({row['labels']} images, {steps} steps): "
             f"fine-tuned {row['pretrained']:.4f}   from scratch {row['scratch']:.4f}",
             flush=True,
         )

@@ -646,3 +646,63 @@ def test_class_balanced_sampling_evens_out_rare_classes():
         assert any(np.array_equal(x, images[i]) for i in np.flatnonzero(labels == y))
     with pytest.raises(ValueError, match="labels"):
         data.class_balanced(data.load(images), 3)
+
+
+# ---------------------------------------------------------------------------
+# Label subsets.
+
+
+def test_balanced_fraction_takes_the_fraction_of_every_class():
+    labels = np.array([0] * 100 + [1] * 300 + [2] * 600)
+    idx = data.balanced_fraction(labels, 0.1, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [10, 30, 60]
+    assert len(set(idx)) == len(idx)
+    assert not np.array_equal(idx, data.balanced_fraction(labels, 0.1, seed=1))
+    np.testing.assert_array_equal(idx, data.balanced_fraction(labels, 0.1, seed=0))
+    with pytest.raises(ValueError, match="fraction"):
+        data.balanced_fraction(labels, 0.0)
+
+
+def test_subset_file_of_file_names_keeps_those_images(tmp_path):
+    """SimCLR's label lists name ImageNet files, one per line ("n01440764_10026.JPEG")."""
+    images = np.random.default_rng(3).integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
+    for (folder, name), image in zip(
+        [("n01", "n01_1.png"), ("n01", "n01_2.png"), ("n02", "n02_1.png"), ("n02", "n02_2.png")], images
+    ):
+        (tmp_path / "train" / folder).mkdir(parents=True, exist_ok=True)
+        _write_png(tmp_path / "train" / folder / name, image)
+    listing = tmp_path / "1percent.txt"
+    listing.write_text("# a comment\nn01_2.png\n\nn02/n02_2.png\n")
+    x, y = data.load_arrays(tmp_path / "train", subset=listing)
+    np.testing.assert_array_equal(x, images[[1, 3]])
+    np.testing.assert_array_equal(y, [0, 1])  # class indices of the whole folder
+    with pytest.raises(ValueError, match="1 of the subset's 2 ids are not image files.*n03_9.png"):
+        data.load(tmp_path / "train", subset=["n01_1.png", "n03_9.png"])
+    with pytest.raises(FileNotFoundError, match="Subset file"):
+        data.load(tmp_path / "train", subset=tmp_path / "missing.txt")
+
+
+def test_subset_of_indices_for_arrays_and_fashion_mnist_layout(tmp_path):
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * 20
+    y = np.arange(10) % 3
+    got_x, got_y = data.load_arrays((x, y), subset=["7", "2"])
+    np.testing.assert_array_equal(got_x.ravel(), [40, 140])
+    np.testing.assert_array_equal(got_y, [2, 1])
+    with pytest.raises(ValueError, match="outside the split's 10 examples"):
+        data.load((x, y), subset=[3, 10])
+    with pytest.raises(ValueError, match="example indices"):
+        data.load((x, y), subset=["n01_1.png"])
+
+
+def test_subset_of_a_tfds_dataset_by_file_name():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        builder_ds = tfds.load("imagenet2012", split="train")
+        names = [e["file_name"] for e in builder_ds.as_numpy_iterator()]
+        wanted = [names[1].decode(), names[4].decode()]
+        x, y = data.load_arrays("imagenet2012", "train", subset=wanted, image_size=8)
+        all_x, all_y = data.load_arrays("imagenet2012", "train", image_size=8)
+    assert x.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(x, all_x[[1, 4]])
+    np.testing.assert_array_equal(y, all_y[[1, 4]])
