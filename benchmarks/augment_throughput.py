@@ -9,6 +9,7 @@ views/s for
   * keras-cv 0.9: RandomCropAndResize + RandomFlip + RandomApply(RandomColorJitter,
     0.8) + RandomApply(Grayscale, 0.2) [+ RandomApply(RandomGaussianBlur, 0.5)],
     seeded, the pipeline a new user would write;
+  * the same keras-cv layers through `kc.augment.LayerAugmenter` (seeded per call);
 and whether two runs of the same seeded pipeline give identical views.
 
 Then, for the SimCLR step itself (ResNet-18 width 0.25, 32x32, batch 256),
@@ -46,28 +47,49 @@ def ours(size, blur):
     return make
 
 
-def keras_cv_pipeline(size, blur):
+def keras_cv_layers(size, blur):
+    """The pipeline a new user writes from keras-cv 0.9 layers."""
     import keras_cv
 
-    def make(ds):
-        layers = [
-            keras_cv.layers.RandomCropAndResize((size, size), (0.08, 1.0), (3 / 4, 4 / 3), seed=1),
-            keras_cv.layers.RandomFlip("horizontal", seed=2),
+    layers = [
+        keras_cv.layers.RandomCropAndResize((size, size), (0.08, 1.0), (3 / 4, 4 / 3), seed=1),
+        keras_cv.layers.RandomFlip("horizontal", seed=2),
+        keras_cv.layers.RandomApply(
+            keras_cv.layers.RandomColorJitter((0, 255), 0.4, 0.4, 0.4, 0.1, seed=3), rate=0.8, seed=4
+        ),
+        keras_cv.layers.RandomApply(keras_cv.layers.Grayscale(output_channels=3), rate=0.2, seed=5),
+    ]
+    if blur:
+        layers.append(
             keras_cv.layers.RandomApply(
-                keras_cv.layers.RandomColorJitter((0, 255), 0.4, 0.4, 0.4, 0.1, seed=3), rate=0.8, seed=4
-            ),
-            keras_cv.layers.RandomApply(keras_cv.layers.Grayscale(output_channels=3), rate=0.2, seed=5),
-        ]
-        if blur:
-            layers.append(
-                keras_cv.layers.RandomApply(
-                    keras_cv.layers.RandomGaussianBlur(kernel_size=max(3, size // 10), factor=(0.1, 2.0)),
-                    rate=0.5,
-                    seed=6,
-                )
+                keras_cv.layers.RandomGaussianBlur(kernel_size=max(3, size // 10), factor=(0.1, 2.0)),
+                rate=0.5,
+                seed=6,
             )
-        pipeline = keras.Sequential(layers)
+        )
+    return keras.Sequential(layers)
+
+
+def keras_cv_pipeline(size, blur):
+    """keras-cv's layers called as they are (their own stateful generators)."""
+    pipeline = keras_cv_layers(size, blur)
+
+    def make(ds):
         return ds.map(lambda x: pipeline(tf.cast(x, tf.float32), training=True), num_parallel_calls=tf.data.AUTOTUNE)
+
+    return make
+
+
+def keras_cv_seeded(size, blur):
+    """The same layers through `kc.augment.LayerAugmenter`: a stateless seed per batch (per image for
+    keras-cv's per-image layers), value range converted."""
+    aug = kc.augment.LayerAugmenter(keras_cv_layers(size, blur))
+    keys = tf.data.Dataset.random(seed=0).map(lambda r: tf.cast(r % (2**31 - 1), tf.int32))
+
+    def make(ds):
+        return tf.data.Dataset.zip((keys, ds)).map(
+            lambda k, x: aug(x, seed=tf.stack([k, 0])), num_parallel_calls=tf.data.AUTOTUNE
+        )
 
     return make
 
@@ -128,15 +150,23 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--train_steps", type=int, default=20)
+    parser.add_argument("--skip_placement", action="store_true", help="only the augmentation table")
     args = parser.parse_args()
+    pipelines = (
+        ("keras_contrastive", ours),
+        ("keras-cv 0.9", keras_cv_pipeline),
+        ("keras-cv via LayerAugmenter", keras_cv_seeded),
+    )
     print(f"Augmentation in tf.data.map, batch {BATCH}, RGB uint8 input; views/s (repeats = same seed, same views)")
     for size in (32, 96):
         for blur in (False, True):
             row = []
-            for name, factory in (("keras_contrastive", ours), ("keras-cv 0.9", keras_cv_pipeline)):
+            for name, factory in pipelines:
                 speed = measure(factory(size, blur), size, args.batches)
                 row.append(f"{name} {speed:8.0f} (repeats: {'yes' if repeats(factory(size, blur), size) else 'no'})")
             print(f"{size}x{size}{' + blur' if blur else '       '}  " + "   ".join(row))
+    if args.skip_placement:
+        return
     print(f"SimCLR step, ResNet-18 width 0.25, 32x32, batch {BATCH}, augmentation placement; images/s")
     for where, speed in placement(args.train_steps).items():
         print(f"  augmentation {where:<20} {speed:7.1f}")
