@@ -24,7 +24,6 @@ for views, labels in views.take(1):
 ```
 """
 
-import gzip
 import math
 import os
 import re
@@ -32,18 +31,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_contrastive import fashion_mnist
 from keras_contrastive import layer_augmenter
 
-# Where `load("fashion_mnist")` looks for the idx files shipped by Debian's
-# `dataset-fashion-mnist` package, unless `data_dir` or the environment
-# variable below says otherwise.
-FASHION_MNIST_DIR_ENV = "KC_FASHION_MNIST_DIR"
-DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-_FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # The first bytes of a JPEG, PNG, GIF and BMP file.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
@@ -175,8 +165,8 @@ def load(
             "a path is not a tfds dataset name. Pass an existing folder of images, 'fashion_mnist', or a name "
             "from `tfds.list_builders()`."
         )
-    elif isinstance(name, str) and name == "fashion_mnist":
-        dataset = _load_fashion_mnist(split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=ids)
+    elif isinstance(name, str) and name in LOCAL_SOURCES:
+        dataset = _load_local(name, split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=ids)
     elif isinstance(name, str):
         dataset = _load_tfds(
             name,
@@ -235,14 +225,14 @@ def load_arrays(name, split="train", **kwargs):
     # Fast path: the raw idx arrays need no trip through tf.data.
     if (
         isinstance(name, str)
-        and name == "fashion_mnist"
+        and name in LOCAL_SOURCES
         and not os.path.isdir(name)
         and kwargs.get("image_size") is None
         and kwargs.get("channels") is None
         and kwargs.get("subset") is None
         and isinstance(split, str)
     ):
-        arrays = _read_fashion_mnist_local(split, kwargs.get("data_dir"))
+        arrays = _read_local(name, split, kwargs.get("data_dir"))
         if arrays is not None:
             x, y = arrays
             return x, (y if kwargs.get("labels", True) else None)
@@ -718,107 +708,44 @@ def _dataset_from_arrays(x, y):
 
 
 # --------------------------------------------------------------------------
-# Fashion-MNIST idx files.
+# Local sources: datasets read from files on this machine before tfds is asked.
+
+#: name -> module with `SPLITS`, `read_arrays(split, data_dir)` (full split
+#: `(x, y)` or None when its files are missing) and `missing_message(split,
+#: data_dir, tfds_dir, reason)`. Fashion-MNIST's Debian files live in
+#: `keras_contrastive.fashion_mnist`, not here.
+LOCAL_SOURCES = {"fashion_mnist": fashion_mnist}
 
 
-def _fashion_mnist_dir(data_dir):
-    if data_dir is not None:
-        return str(data_dir)
-    return os.environ.get(FASHION_MNIST_DIR_ENV) or DEFAULT_FASHION_MNIST_DIR
-
-
-def _find_idx_file(directory, stem):
-    for candidate in (stem + ".gz", stem):
-        path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def _read_idx(path, expected_rank):
-    """Reads an idx file of unsigned bytes into a numpy array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        content = f.read()
-    # Header: two zero bytes, a type code (0x08 = unsigned byte), the rank,
-    # then one big-endian uint32 per dimension.
-    if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
-        raise ValueError(
-            f"{path} is not an idx file of unsigned bytes (header "
-            f"{content[:4].hex()!r}; expected '000008' followed by the rank)."
-        )
-    rank = content[3]
-    if rank != expected_rank:
-        raise ValueError(f"{path} holds a rank-{rank} array; expected rank {expected_rank}.")
-    header_size = 4 + 4 * rank
-    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
-    data = np.frombuffer(content, dtype=np.uint8, offset=min(header_size, len(content)))
-    if data.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{path} is truncated or corrupt: the header announces shape "
-            f"{shape} ({int(np.prod(shape))} bytes) but {data.size} bytes "
-            "follow."
-        )
-    return data.reshape(shape)
-
-
-def _read_fashion_mnist_local(split, data_dir):
-    """Returns sliced `(x, y)` from the idx files, or `None` if missing."""
-    base, bounds = _parse_split(split, tuple(_FASHION_MNIST_FILES))
-    directory = _fashion_mnist_dir(data_dir)
-    image_stem, label_stem = _FASHION_MNIST_FILES[base]
-    image_path = _find_idx_file(directory, image_stem)
-    label_path = _find_idx_file(directory, label_stem)
-    if image_path is None or label_path is None:
+def _read_local(name, split, data_dir):
+    """Sliced `(x, y)` of a local source's split, or None if its files are missing."""
+    source = LOCAL_SOURCES[name]
+    base, bounds = _parse_split(split, source.SPLITS)
+    arrays = source.read_arrays(base, data_dir)
+    if arrays is None:
         return None
-    x = _read_idx(image_path, expected_rank=3)
-    y = _read_idx(label_path, expected_rank=1)
-    if len(x) != len(y):
-        raise ValueError(
-            f"{image_path} holds {len(x)} images but {label_path} holds "
-            f"{len(y)} labels; the files do not belong together."
-        )
+    x, y = arrays
     start, stop = _split_bounds(split, bounds, len(x))
-    # Copy: np.frombuffer arrays are read-only, callers may write in place.
-    return (
-        np.array(x[start:stop, :, :, np.newaxis], copy=True),
-        y[start:stop].astype(np.int32),
-    )
+    # Copy: arrays read with np.frombuffer are read-only, callers may write in place.
+    return np.array(x[start:stop], copy=True), y[start:stop].astype(np.int32)
 
 
-def _load_fashion_mnist(split, labels, data_dir, shuffle_files, subset=None):
-    base, _ = _parse_split(split, tuple(_FASHION_MNIST_FILES))
-    arrays = _read_fashion_mnist_local(split, data_dir)
+def _load_local(name, split, labels, data_dir, shuffle_files, subset=None):
+    """A local source's files if present, else the tfds dataset of the same name."""
+    source = LOCAL_SOURCES[name]
+    _parse_split(split, source.SPLITS)
+    arrays = _read_local(name, split, data_dir)
     if arrays is not None:
         x, y = arrays
         if subset is not None:
             index = _subset_indices(subset, len(x))
             x, y = x[index], y[index]
         return _dataset_from_arrays(x, y if labels else None)
-    directory = _fashion_mnist_dir(data_dir)
     try:
-        return _load_tfds(
-            "fashion_mnist",
-            split,
-            labels=labels,
-            data_dir=data_dir,
-            shuffle_files=shuffle_files,
-            subset=subset,
-        )
+        return _load_tfds(name, split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=subset)
     except FileNotFoundError as error:
         tfds_dir = data_dir if data_dir is not None else "tfds' default data_dir"
-        reason = error.__cause__ or error
-        raise FileNotFoundError(
-            "Fashion-MNIST was not found. Looked for the idx files "
-            f"{' and '.join(_FASHION_MNIST_FILES[base])} (.gz or not) in "
-            f"{directory!r} (chosen from data_dir, else "
-            f"${FASHION_MNIST_DIR_ENV}, else {DEFAULT_FASHION_MNIST_DIR}), "
-            f"then for a prepared tfds dataset in {tfds_dir}, which could not "
-            f"be downloaded ({type(reason).__name__}: {reason}). Install the "
-            "data with `apt-get install dataset-fashion-mnist` (Debian), point "
-            f"data_dir or ${FASHION_MNIST_DIR_ENV} at a directory holding the "
-            "idx files, or allow tfds to download it (needs internet once)."
-        ) from error
+        raise FileNotFoundError(source.missing_message(split, data_dir, tfds_dir, error.__cause__ or error)) from error
 
 
 # --------------------------------------------------------------------------

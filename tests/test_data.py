@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from keras_contrastive import data
+from keras_contrastive import fashion_mnist as kc_fashion_mnist
 
-FASHION_DIR = data.DEFAULT_FASHION_MNIST_DIR
+FASHION_DIR = kc_fashion_mnist.DEFAULT_FASHION_MNIST_DIR
 HAS_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
 
 
@@ -154,7 +155,7 @@ def test_fashion_mnist_from_env_dir(tmp_path, monkeypatch):
     # Uncompressed files are accepted too.
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:2], compress=False)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:2], compress=False)
-    monkeypatch.setenv(data.FASHION_MNIST_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(kc_fashion_mnist.FASHION_MNIST_DIR_ENV, str(tmp_path))
 
     x, y = data.load_arrays("fashion_mnist")
     np.testing.assert_array_equal(x[..., 0], images)
