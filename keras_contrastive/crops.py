@@ -125,3 +125,53 @@ def center_crop(image, size, crop_fraction=0.875):
     left = (shape[1] - side) // 2
     crop = tf.slice(image, [top, left, 0], [side, side, -1])
     return _resize(crop, size)
+
+
+class RandomResizedCrop:
+    """Per-image geometry for `contrastive_views(..., crop=...)`: one crop per view, at full resolution.
+
+    Called as `crop(image, seed)` on one element: a decoded uint8 image
+    `[H, W, C]` of any size, or a scalar string of an encoded image (from
+    `load(..., decode=False)`), for which JPEGs decode only the window and
+    other formats decode whole, then crop.
+
+    Args:
+        size: int or `(height, width)`. Output size.
+        area: `(min, max)` fraction of the image area. Defaults to (0.08, 1.0).
+        aspect_ratio: `(min, max)` width / height. Defaults to (3/4, 4/3).
+        channels: int. 1 or 3: channels decoded from encoded images (decoded
+            images keep theirs). Defaults to 3.
+
+    Returns (when called):
+        uint8 `[height, width, C]`.
+    """
+
+    def __init__(self, size, area=DEFAULT_AREA, aspect_ratio=DEFAULT_ASPECT_RATIO, channels=3):
+        self.size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"`size` must be an int or (height, width) > 0; got {size}.")
+        if not 0 < area[0] <= area[1] <= 1:
+            raise ValueError(f"`area` must satisfy 0 < min <= max <= 1; got {area}.")
+        if not 0 < aspect_ratio[0] <= aspect_ratio[1]:
+            raise ValueError(f"`aspect_ratio` must satisfy 0 < min <= max; got {aspect_ratio}.")
+        if channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 or 3; got {channels}.")
+        self.area, self.aspect_ratio, self.channels = tuple(area), tuple(aspect_ratio), channels
+
+    def __call__(self, image, seed):
+        image = tf.convert_to_tensor(image)
+        if image.dtype != tf.string:
+            crop = random_resized_crop(image, seed, self.size, self.area, self.aspect_ratio)
+            crop.set_shape([*self.size, image.shape[-1]])
+            return crop
+
+        def jpeg():
+            return decode_random_resized_crop(image, seed, self.size, self.channels, self.area, self.aspect_ratio)
+
+        def other():
+            decoded = tf.io.decode_image(image, channels=self.channels, expand_animations=False)
+            return random_resized_crop(decoded, seed, self.size, self.area, self.aspect_ratio)
+
+        crop = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+        crop.set_shape([*self.size, self.channels])
+        return crop

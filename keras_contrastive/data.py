@@ -58,6 +58,7 @@ def load(
     data_dir=None,
     shuffle_files=False,
     subset=None,
+    decode=True,
 ):
     """Loads an image dataset as an unbatched `tf.data.Dataset`.
 
@@ -119,6 +120,12 @@ def load(
             within the split for arrays, Fashion-MNIST and tfds datasets
             without file names. Every id must be found (checked for folders
             and indices). Defaults to None (all examples).
+        decode: bool. False yields each image still encoded (a scalar
+            `tf.string`: the file's bytes for folders, tfds' stored bytes),
+            for `contrastive_views(..., crop=kc.crops.RandomResizedCrop(...))`
+            to crop at full resolution, decoding only the crop of JPEGs.
+            Folders and tfds datasets only; `image_size` and `channels`
+            must then be None (the crop sets both). Defaults to True.
 
     Returns:
         An unbatched `tf.data.Dataset` yielding `(image, label)`, with
@@ -138,6 +145,16 @@ def load(
         )
 
     ids = None if subset is None else _read_subset(subset)
+    if not decode:
+        if isinstance(name, (np.ndarray, tuple)) or name in LOCAL_SOURCES:
+            raise ValueError(
+                f"decode=False needs encoded files (a folder or a tfds dataset); {_describe(name)} is decoded."
+            )
+        if image_size is not None or channels is not None:
+            raise ValueError(
+                "decode=False keeps images encoded, so image_size and channels cannot apply: leave them None "
+                "and give the size and channels to the crop (kc.crops.RandomResizedCrop)."
+            )
 
     if isinstance(name, (np.ndarray, tuple)):
         x, y = _standardize_arrays(name)
@@ -156,6 +173,7 @@ def load(
             shuffle_files=shuffle_files,
             same_size=image_size is None,
             subset=ids,
+            decode=decode,
         )
     elif isinstance(name, str) and name.startswith(("/", ".", "~")):
         # A path, and not an existing folder: tfds would answer with its help
@@ -175,6 +193,7 @@ def load(
             data_dir=data_dir,
             shuffle_files=shuffle_files,
             subset=ids,
+            decode=decode,
         )
     else:
         raise ValueError(
@@ -325,6 +344,7 @@ def contrastive_views(
     num_parallel_calls=tf.data.AUTOTUNE,
     prefetch=True,
     start_batch=0,
+    crop=None,
 ):
     """Batches a dataset and draws several augmented views of each image.
 
@@ -382,6 +402,17 @@ def contrastive_views(
             reads past the end of a pass changes the later passes. A seed
             per pass would avoid that, but `shuffle` fails on a tensor seed
             when the global seed is 0 (TensorFlow 2.21). Defaults to `0`.
+        crop: callable `(image, seed) -> uint8 [h, w, C]` or None. Geometry
+            drawn on each image before batching, once per view, at the
+            image's own size: `kc.crops.RandomResizedCrop(size)` (SimCLR's
+            random resized crop; images may differ in size, or arrive
+            encoded from `load(..., decode=False)`, JPEGs then decoding only
+            the crop). Each element draws a key of its own
+            (`tf.data.Dataset.random(seed + 2**32)`), view v using the
+            seed `[key, v]`; `augmenter` then gets the batch of view v's
+            crops, so give it no crop of its own (e.g. `crop_area=(1, 1),
+            crop_aspect_ratio=(1, 1)` for `SimCLRAugmenter`: the whole
+            image, unchanged). Defaults to None (the augmenter does it all).
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
@@ -435,7 +466,15 @@ def contrastive_views(
             "`dataset` must yield `(image, label)` pairs or images alone "
             f"(as made by `load`). Received elements: {spec}"
         )
-    if image_spec.shape.rank != 3:
+    encoded = image_spec.dtype == tf.string and image_spec.shape.rank == 0
+    if encoded and crop is None:
+        raise ValueError(
+            "`dataset` yields encoded images (load(..., decode=False)); pass "
+            "crop=kc.crops.RandomResizedCrop(size) to decode and crop each one."
+        )
+    if crop is not None and not callable(crop):
+        raise ValueError(f"`crop` must be a callable (image, seed) -> image; got {type(crop).__name__}.")
+    if not encoded and image_spec.shape.rank != 3:
         raise ValueError(
             "`dataset` must be unbatched, yielding images of shape "
             f"[H, W, C]. Received image shape {image_spec.shape}. If the "
@@ -455,6 +494,21 @@ def contrastive_views(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         dataset = dataset.repeat()
+    if crop is not None:
+        # Per image, before batching: images of any size (or encoded) become
+        # `num_views` crops of one size. Keys of their own, re-drawn each pass.
+        element_keys = tf.data.Dataset.random(seed=seed + 2**32, rerandomize_each_iteration=True).map(
+            lambda r: tf.cast(r % (2**31 - 1), tf.int32)
+        )
+
+        def crop_views(key, element):
+            image = element[0] if has_labels else element
+            views = tf.stack([crop(image, tf.stack([key, tf.constant(v, tf.int32)])) for v in range(num_views)])
+            return (views, element[1]) if has_labels else views
+
+        dataset = tf.data.Dataset.zip((element_keys, dataset)).map(
+            crop_views, num_parallel_calls=num_parallel_calls, deterministic=True
+        )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     def make_views(batch_key, element):
@@ -464,7 +518,8 @@ def contrastive_views(
             # The key is part of the element, so seeds never depend on the
             # order in which parallel map calls run.
             view_seed = tf.stack([batch_key, tf.constant(view_index, tf.int32)])
-            view = function(images, seed=view_seed)
+            # With `crop`, the batch holds every view's crop: [batch, views, h, w, C].
+            view = function(images[:, view_index] if crop is not None else images, seed=view_seed)
             view = tf.convert_to_tensor(view)
             if not view.dtype.is_floating:
                 raise ValueError(
@@ -752,14 +807,15 @@ def _load_local(name, split, labels, data_dir, shuffle_files, subset=None):
 # TensorFlow Datasets.
 
 
-def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None):
+def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None, decode=True):
     # Imported here: tensorflow_datasets is slow to import and not needed
     # for local files and arrays.
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import registered
 
     try:
-        dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle_files)
+        decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
+        dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle_files, decoders=decoders)
     except registered.DatasetNotFoundError as error:
         raise FileNotFoundError(
             f"{name!r} is neither an existing directory nor a tfds dataset "
@@ -788,7 +844,9 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None):
             f"The tfds dataset {name!r} has no 'image' feature; its elements "
             f"are {spec}. Only image datasets are supported."
         )
-    if spec["image"].dtype != tf.uint8 or spec["image"].shape.rank != 3:
+    if not decode and spec["image"].dtype == tf.string and spec["image"].shape.rank == 0:
+        pass  # encoded, as asked
+    elif spec["image"].dtype != tf.uint8 or spec["image"].shape.rank != 3:
         raise ValueError(
             f"The 'image' feature of {name!r} is {spec['image']}; expected uint8 images of shape [H, W, C]."
         )
@@ -827,7 +885,7 @@ def _image_files_under(directory):
     )
 
 
-def _load_directory(root, split, labels, shuffle_files, same_size, subset=None):
+def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, decode=True):
     if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(
             f"Image directory {root!r} does not exist. Pass an existing "
@@ -866,7 +924,7 @@ def _load_directory(root, split, labels, shuffle_files, same_size, subset=None):
     # Alpha is not image content for contrastive learning: drop it.
     num_channels = {1: 1, 2: 1, 3: 3, 4: 3}[source_channels]
 
-    def decode(path):
+    def read_image(path):
         contents = tf.io.read_file(path)
         # Name the file that is not an image (TensorFlow's decode error does
         # not): its first bytes must be a JPEG, PNG, GIF or BMP signature.
@@ -874,6 +932,8 @@ def _load_directory(root, split, labels, shuffle_files, same_size, subset=None):
             [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic in _IMAGE_SIGNATURES]
         )
         tf.debugging.Assert(known, ["Not a JPEG, PNG, GIF or BMP image (remove it from the folder):", path])
+        if not decode:
+            return contents
         image = tf.io.decode_image(contents, channels=num_channels, expand_animations=False)
         if not same_size:
             # `image_size` will bring every image to one size later.
@@ -898,13 +958,13 @@ def _load_directory(root, split, labels, shuffle_files, same_size, subset=None):
         if shuffle_files:
             dataset = dataset.shuffle(len(files))
         return dataset.map(
-            lambda path, label: (decode(path), label),
+            lambda path, label: (read_image(path), label),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
         dataset = dataset.shuffle(len(files))
-    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(read_image, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_encoder
 
+import keras_contrastive as kc
 from keras_contrastive import crops
 
 
@@ -93,3 +95,88 @@ def test_center_crop_against_numpy():
     top, left = (300 - side) // 2, (400 - side) // 2
     reference = tf.image.resize(image[top : top + side, left : left + side].astype(np.float32), (64, 64), "bicubic")
     np.testing.assert_array_equal(got, np.clip(np.round(reference.numpy()), 0, 255).astype(np.uint8))
+
+
+def _folder_of_mixed_sizes(root):
+    """JPEGs and a PNG of different sizes in two class folders."""
+    sizes = [(120, 90), (64, 200), (300, 240), (50, 50), (96, 128), (77, 61)]
+    images = [detailed_image(h - h % 2, w - w % 2, seed=i) for i, (h, w) in enumerate(sizes)]
+    for i, image in enumerate(images):
+        folder = root / ("a" if i < 3 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        if i == 4:
+            (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+        else:
+            (folder / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(image, quality=95).numpy())
+    return images
+
+
+def test_contrastive_views_crop_encoded_images_of_any_size(tmp_path):
+    """A folder of JPEGs (and a PNG) of six sizes, kept encoded: each view is the crop drawn with the
+    element's key and the view index (the same function called by hand), then the augmenter."""
+    _folder_of_mixed_sizes(tmp_path)
+    encoded = kc.data.load(tmp_path, decode=False)
+    assert encoded.element_spec[0].dtype == tf.string and encoded.element_spec[0].shape.rank == 0
+    crop = crops.RandomResizedCrop(32, area=(0.2, 1.0))
+
+    def to_float(images, seed):  # the identity photometric stage: only the crop acts
+        return tf.cast(images, tf.float32) / 255
+
+    views, labels = next(iter(kc.data.contrastive_views(encoded, to_float, 6, seed=3, crop=crop)))
+    assert views.shape == (6, 2, 32, 32, 3) and labels.numpy().tolist() == [0, 0, 0, 1, 1, 1]
+    keys = [
+        int(k) % (2**31 - 1) for k in tf.data.Dataset.random(seed=3 + 2**32, rerandomize_each_iteration=True).take(6)
+    ]
+    for i, (contents, _) in enumerate(encoded.as_numpy_iterator()):
+        for v in range(2):
+            want = crop(tf.constant(contents), tf.constant([keys[i], v])).numpy() / 255
+            np.testing.assert_allclose(views[i, v].numpy(), want, atol=1e-6)
+    assert np.abs(views[:, 0].numpy() - views[:, 1].numpy()).max() > 0.1
+    again, _ = next(iter(kc.data.contrastive_views(encoded, to_float, 6, seed=3, crop=crop)))
+    np.testing.assert_array_equal(again.numpy(), views.numpy())
+
+
+def test_a_simclr_step_on_full_resolution_crops(tmp_path):
+    """The whole path: encoded folder -> per-image crops -> batched photometric ops (no second crop)
+    -> SimCLR trains."""
+    _folder_of_mixed_sizes(tmp_path)
+    photometric = kc.augment.SimCLRAugmenter(32, crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0), blur=False)
+    x = tf.constant(detailed_image(32, 32)[None])
+    assert np.abs(photometric(x, seed=[0, 0]).numpy() - x.numpy() / 255).max() > 0  # it still jitters
+    flip_only = kc.augment.SimCLRAugmenter(
+        32, crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0), color_jitter_probability=0.0, grayscale_probability=0.0
+    )
+    out = flip_only(x, seed=[0, 1]).numpy()[0]
+    assert np.allclose(out, x.numpy()[0] / 255) or np.allclose(out, x.numpy()[0, :, ::-1] / 255)  # crop is identity
+    trainer = kc.SimCLR(tiny_encoder(channels=3, size=32), photometric, temperature=0.5)
+    trainer.compile(optimizer="sgd")
+    ds = trainer.views_dataset(
+        kc.data.load(tmp_path, decode=False), 6, crop=crops.RandomResizedCrop(32), repeat=True
+    ).take(2)
+    assert np.isfinite(trainer.fit(ds, verbose=0).history["loss"][0])
+
+
+def test_encoded_images_need_a_crop_and_files():
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match="decode=False needs encoded files"):
+        kc.data.load(x, decode=False)
+    ds = tf.data.Dataset.from_tensor_slices([tf.io.encode_png(x[0]).numpy()] * 4)
+    with pytest.raises(ValueError, match="crop=kc.crops.RandomResizedCrop"):
+        kc.data.contrastive_views(ds, lambda images, seed: images, 2)
+
+
+def test_a_tfds_dataset_kept_encoded_is_cropped_per_image():
+    """tfds' path for ImageNet: images stay encoded (SkipDecoding) until each is cropped."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4):
+        encoded = kc.data.load("imagenet2012", "train", decode=False)
+        assert encoded.element_spec[0].dtype == tf.string
+        views, labels = next(
+            iter(
+                kc.data.contrastive_views(
+                    encoded, lambda images, seed: tf.cast(images, tf.float32) / 255, 4, crop=crops.RandomResizedCrop(24)
+                )
+            )
+        )
+    assert views.shape == (4, 2, 24, 24, 3) and labels.shape == (4,)
