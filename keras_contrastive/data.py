@@ -345,6 +345,7 @@ def contrastive_views(
     prefetch=True,
     start_batch=0,
     crop=None,
+    data_service=None,
 ):
     """Batches a dataset and draws several augmented views of each image.
 
@@ -413,6 +414,15 @@ def contrastive_views(
             crops, so give it no crop of its own (e.g. `crop_area=(1, 1),
             crop_aspect_ratio=(1, 1)` for `SimCLRAugmenter`: the whole
             image, unchanged). Defaults to None (the augmenter does it all).
+        data_service: str or None. Address of a `tf.data` service
+            dispatcher (`grpc://host:port`, started with
+            `tf.data.experimental.service.DispatchServer` and its
+            `WorkerServer`s on other hosts): the reading, cropping and
+            augmentation then run on the service's workers, which split each
+            epoch among them (`processing_mode="distributed_epoch"`), for
+            trainer hosts that are input-bound. The batches are the local
+            pipeline's (the seeds travel with the elements), in the order
+            the workers deliver them. Defaults to None (on this host).
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
@@ -560,6 +570,11 @@ def contrastive_views(
         # Before the map: skipped batches are shuffled and batched, never augmented.
         dataset = dataset.skip(start_batch)
     dataset = dataset.map(make_views, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if data_service is not None:
+        # TensorFlow's own distributed input engine, not a home-made one.
+        dataset = dataset.apply(
+            tf.data.experimental.service.distribute(processing_mode="distributed_epoch", service=data_service)
+        )
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset

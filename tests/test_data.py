@@ -707,3 +707,27 @@ def test_subset_of_a_tfds_dataset_by_file_name():
     assert x.shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(x, all_x[[1, 4]])
     np.testing.assert_array_equal(y, all_y[[1, 4]])
+
+
+def test_views_made_on_a_tf_data_service_are_the_local_ones():
+    """A dispatcher and two workers on loopback, started here: the service's batches (labels and views,
+    whose values depend on each batch's seed) are the local pipeline's, each exactly once."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    address = dispatcher.target.split("://")[1]
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0)) for _ in range(2)]
+    x = np.arange(64, dtype=np.uint8).reshape(64, 1, 1, 1).repeat(4, 1).repeat(4, 2)
+    y = np.arange(64)
+
+    def seeded(images, seed):
+        key = tf.cast(seed[0] % 1000, tf.float32) / 2000 + tf.cast(seed[1], tf.float32) / 10
+        return tf.cast(images, tf.float32) / 510 + key
+
+    def batches(**kwargs):
+        views = data.contrastive_views(data.load((x, y)), seeded, 8, seed=1, shuffle_buffer=64, **kwargs)
+        return sorted((tuple(labels.numpy()), v.numpy().round(5).tobytes()) for v, labels in views)
+
+    local = batches()
+    assert len(local) == 8 and len({labels for labels, _ in local}) == 8
+    assert batches(data_service=dispatcher.target) == local
+    assert len(workers) == 2
