@@ -105,6 +105,11 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         "default: the --augment preset's)",
     )
     p.add_argument("--max_train_examples", type=at_least(1), default=None, help="use only the first N training images")
+    p.add_argument(
+        "--data_service",
+        default=None,
+        help="grpc://host:port of a tf.data service dispatcher: the views are made on its workers",
+    )
     p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     p.add_argument("--width_multiplier", type=positive, default=0.25)
     p.add_argument(
@@ -396,6 +401,7 @@ def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True
         seed=args.seed,
         repeat=repeat,
         start_batch=backup_callback.resume_step,
+        data_service=args.data_service,
     )
     samples = model.views_dataset(dataset, 8, seed=args.seed)
     return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)

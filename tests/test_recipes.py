@@ -104,7 +104,14 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
         # SimCLR's Fashion-MNIST optimizer: six steps of it learn (kNN 0.59, probe 0.61 against 0.44 / 0.44 at
         # rate 0, measured 2026-12-02); six steps of the recipe's LARS do not (kNN 0.42).
         extra += ["--optimizer", "sgd", "--learning_rate", "0.3", "--weight_decay", "5e-4"]
+        # The views are made on a tf.data service: a dispatcher and a worker in this process, on loopback.
+        service = tf.data.experimental.service
+        dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+        worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+        extra += ["--data_service", dispatcher.target]
     stdout, results, model_dir, export_dir = run_recipe("mocov3", tmp_path, *extra)
+    if encoder == "resnet18":
+        assert worker._num_tasks() >= 1  # the service's worker made views (private, as TensorFlow's own tests use it)
     assert "kNN accuracy" in stdout
     if encoder == "resnet18":
         assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
