@@ -420,9 +420,11 @@ def contrastive_views(
             `WorkerServer`s on other hosts): the reading, cropping and
             augmentation then run on the service's workers, which split each
             epoch among them (`processing_mode="distributed_epoch"`), for
-            trainer hosts that are input-bound. The batches are the local
-            pipeline's (the seeds travel with the elements), in the order
-            the workers deliver them. Defaults to None (on this host).
+            trainer hosts that are input-bound. Every example still comes
+            once per epoch, but each worker shuffles and batches its own
+            share, so the batches (and their seeds) are not the local
+            pipeline's and do not repeat from run to run. Defaults to None
+            (on this host).
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
