@@ -556,8 +556,9 @@ def simclr_preset(name, image_size, implementation="keras_contrastive", channels
         image_size: int or `(height, width)`.
         implementation: str. "keras_contrastive" (default): this module's
             `SimCLRAugmenter`; "keras_cv": the same settings as a pipeline of
-            keras-cv 0.9 layers (`keras_cv_augmenter`), about 6x slower on 2
-            CPU cores (benchmarks/RESULTS.md, `augment_throughput.py`).
+            keras-cv 0.9 layers (`keras_cv_augmenter`), 5-10x slower at 32x32
+            and 2x at 96x96 on 2 CPU cores (benchmarks/RESULTS.md,
+            `augment_throughput.py`).
         channels: int. Image channels (1 or 3); used by the keras-cv
             pipeline, whose colour layers need to know. Defaults to 3.
         **overrides: any other `SimCLRAugmenter` argument.

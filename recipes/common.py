@@ -92,7 +92,7 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         default="keras_contrastive",
         choices=kc.augment.IMPLEMENTATIONS,
         help="the preset built from our batched ops (default) or from keras-cv 0.9 layers "
-        "(about 6x slower at 32x32, benchmarks/RESULTS.md)",
+        "(5-10x slower at 32x32, 2x at 96x96: benchmarks/RESULTS.md)",
     )
     p.add_argument(
         "--crop_min", type=float, default=None, help="smallest crop area fraction (default: the --augment preset's)"
