@@ -7,6 +7,7 @@ their own `train_step`, trained with `model.fit`.
 
 from keras_contrastive import augment
 from keras_contrastive import callbacks
+from keras_contrastive import crops
 from keras_contrastive import data
 from keras_contrastive import distribute
 from keras_contrastive import downstream

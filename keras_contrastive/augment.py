@@ -436,6 +436,12 @@ class SimCLRAugmenter(keras.layers.Layer):
             return min(self.image_size) > 32
         return bool(self.blur)
 
+    @property
+    def keeps_whole_image(self):
+        """Whether the crop keeps the whole image (area and aspect ratio fixed at 1: `contrastive_views`'
+        `crop` drew it per image)."""
+        return self.crop_area == (1.0, 1.0) and self.crop_aspect_ratio == (1.0, 1.0)
+
     def sample_parameters(self, seed, batch, height, width):
         """Every random parameter of one call, per image (tiny `[batch, ...]` tensors).
 
@@ -462,7 +468,10 @@ class SimCLRAugmenter(keras.layers.Layer):
     def transform(self, images, params):
         """Applies sampled parameters to float32 images `[batch, H, W, C]` in [0, 1]."""
         select = lambda mask, new, old: tf.where(_per_image(mask), new, old)  # noqa: E731
-        x = crop_and_resize(images, params["boxes"], self.image_size)
+        if self.keeps_whole_image and tuple(images.shape[1:3]) == tuple(self.image_size):
+            x = images  # the crop was drawn per image before (kc.crops), at this size
+        else:
+            x = crop_and_resize(images, params["boxes"], self.image_size)
         if self.horizontal_flip:
             x = select(params["flip"], tf.reverse(x, axis=[2]), x)
         if self.color_jitter_probability > 0 and (self.color_jitter_strength > 0 or self.color_jitter_factors):

@@ -31,6 +31,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_contrastive import crops
 from keras_contrastive import fashion_mnist
 from keras_contrastive import layer_augmenter
 
@@ -59,6 +60,7 @@ def load(
     shuffle_files=False,
     subset=None,
     decode=True,
+    crop_fraction=None,
 ):
     """Loads an image dataset as an unbatched `tf.data.Dataset`.
 
@@ -91,8 +93,8 @@ def load(
             A contiguous part may be selected with `"train[a:b]"`, where
             `a` and `b` are example indices or percentages (e.g.
             `"train[:512]"`, `"test[:10%]"`, `"train[-5000:]"`). Arrays
-            accept only `"train"` (optionally sliced); folders only
-            `"train"`. Defaults to `"train"`.
+            and folders have only `"train"` (optionally sliced; a folder's
+            files in sorted order). Defaults to `"train"`.
         labels: bool. Whether to yield `(image, label)` pairs. When `False`,
             or when the source has no labels, only images are yielded.
             Defaults to `True`.
@@ -116,16 +118,23 @@ def load(
             only those examples, as SimCLR's 1% / 10% ImageNet label lists
             do: ids are file names (`n01440764_10026.JPEG`) for folders (the
             file's name or its path under the folder) and for tfds datasets
-            with a `file_name` feature (ImageNet's), and example indices
-            within the split for arrays, Fashion-MNIST and tfds datasets
-            without file names. Every id must be found (checked for folders
-            and indices). Defaults to None (all examples).
+            with a `file_name` feature (ImageNet's); integer ids are example
+            indices within the split for every source (for folders, into
+            the sorted file list), so the indices `balanced_fraction` draws
+            work everywhere. Every id must be found (checked for folders and
+            indices). Defaults to None (all examples).
         decode: bool. False yields each image still encoded (a scalar
             `tf.string`: the file's bytes for folders, tfds' stored bytes),
             for `contrastive_views(..., crop=kc.crops.RandomResizedCrop(...))`
             to crop at full resolution, decoding only the crop of JPEGs.
             Folders and tfds datasets only; `image_size` and `channels`
             must then be None (the crop sets both). Defaults to True.
+        crop_fraction: float in (0, 1] or None. With `image_size`, the
+            evaluation transform for full-resolution images: the central
+            `crop_fraction` of the shorter side, resized to `image_size`
+            (`kc.crops.center_crop`; ImageNet's resize 256 + crop 224 is
+            0.875), instead of padding or stretching the whole image.
+            Defaults to None.
 
     Returns:
         An unbatched `tf.data.Dataset` yielding `(image, label)`, with
@@ -145,6 +154,11 @@ def load(
         )
 
     ids = None if subset is None else _read_subset(subset)
+    if crop_fraction is not None:
+        if image_size is None:
+            raise ValueError("`crop_fraction` needs `image_size` (the size the central crop is resized to).")
+        if not 0 < crop_fraction <= 1:
+            raise ValueError(f"`crop_fraction` must be in (0, 1]; got {crop_fraction}.")
     if not decode:
         if isinstance(name, (np.ndarray, tuple)) or name in LOCAL_SOURCES:
             raise ValueError(
@@ -201,7 +215,7 @@ def load(
             "(str or pathlib.Path), a numpy array of images or a tuple "
             f"(images, labels). Received: name of type {type(name).__name__}"
         )
-    return _postprocess_dataset(dataset, image_size, channels)
+    return _postprocess_dataset(dataset, image_size, channels, crop_fraction)
 
 
 def load_arrays(name, split="train", **kwargs):
@@ -234,12 +248,13 @@ def load_arrays(name, split="train", **kwargs):
         "data_dir",
         "shuffle_files",
         "subset",
+        "crop_fraction",
     }
     if unknown:
         raise ValueError(
             f"Unknown keyword arguments for `load_arrays`: {sorted(unknown)}. "
             "Expected only the keyword arguments of `load`: labels, "
-            "image_size, channels, data_dir, shuffle_files, subset."
+            "image_size, channels, data_dir, shuffle_files, subset, crop_fraction."
         )
     # Fast path: the raw idx arrays need no trip through tf.data.
     if (
@@ -280,6 +295,67 @@ def load_arrays(name, split="train", **kwargs):
     x = np.concatenate(xs, axis=0)
     y = np.concatenate(ys, axis=0) if has_labels else None
     return x, y
+
+
+def num_examples(dataset):
+    """How many elements a finite `tf.data.Dataset` yields: its cardinality when TensorFlow knows it (files,
+    arrays, tfds splits), else counted by one pass (after a `filter`, e.g. a tfds `subset`)."""
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("The dataset is infinite (repeated); count it before `repeat()`.")
+    if cardinality >= 0:
+        return cardinality
+
+    def add_one(count, element):
+        return count + 1
+
+    return int(dataset.reduce(tf.constant(0, tf.int64), add_one))
+
+
+def num_classes(name, data_dir=None):
+    """The number of classes of a source (see `load`), from its metadata rather than from its labels.
+
+    Folders: their class sub-folders; tfds datasets: the `label` feature's
+    `num_classes`; local sources (Fashion-MNIST): theirs; arrays: the largest
+    label + 1. None when the source has no labels.
+    """
+    if isinstance(name, (np.ndarray, tuple)):
+        _, y = _standardize_arrays(name)
+        return None if y is None or not len(y) else int(y.max()) + 1
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and tf.io.gfile.isdir(name)):
+        _, file_labels = _list_directory(os.fspath(name), "train")
+        return None if file_labels is None else max(file_labels) + 1
+    if name in LOCAL_SOURCES:
+        return LOCAL_SOURCES[name].NUM_CLASSES
+    import tensorflow_datasets as tfds
+
+    try:
+        features = tfds.builder(name, data_dir=data_dir).info.features
+    except Exception as error:  # tfds raises many kinds for unknown or unprepared names
+        raise FileNotFoundError(f"No tfds dataset {name!r} to read the number of classes from ({error}).") from error
+    label = features["label"] if "label" in features else None
+    return None if label is None else int(label.num_classes)
+
+
+def load_labels(name, split="train", *, data_dir=None, subset=None):
+    """The labels of a split in `load`'s order, as int32 numpy `[N]` (None when it has none), without
+    decoding an image: folders list their files, tfds reads its records with the images left encoded.
+
+    For what needs every label up front (class frequencies, `balanced_fraction`).
+    """
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and tf.io.gfile.isdir(name)):
+        ids = None if subset is None else _read_subset(subset)
+        _, file_labels = _list_directory(os.fspath(name), split, ids)
+        return None if file_labels is None else np.asarray(file_labels, np.int32)
+    if isinstance(name, (np.ndarray, tuple)) or name in LOCAL_SOURCES:
+        dataset = load(name, split, data_dir=data_dir, subset=subset)
+    else:
+        dataset = load(name, split, data_dir=data_dir, subset=subset, decode=False)
+    if not isinstance(dataset.element_spec, tuple):
+        return None
+    labels = dataset.map(lambda image, label: label, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = list(labels.batch(_ARRAY_BATCH * 64).as_numpy_iterator())
+    return np.concatenate(batches).astype(np.int32) if batches else np.zeros([0], np.int32)
 
 
 def class_balanced(dataset, num_classes, *, shuffle_buffer=10_000, seed=0, initial_dist=None):
@@ -782,7 +858,7 @@ def _dataset_from_arrays(x, y):
 # --------------------------------------------------------------------------
 # Local sources: datasets read from files on this machine before tfds is asked.
 
-#: name -> module with `SPLITS`, `read_arrays(split, data_dir)` (full split
+#: name -> module with `SPLITS`, `NUM_CLASSES`, `read_arrays(split, data_dir)` (full split
 #: `(x, y)` or None when its files are missing) and `missing_message(split,
 #: data_dir, tfds_dir, reason)`. Fashion-MNIST's Debian files live in
 #: `keras_contrastive.fashion_mnist`, not here.
@@ -902,15 +978,19 @@ def _image_files_under(directory):
     )
 
 
-def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, decode=True):
+def _list_directory(root, split, subset=None):
+    """`(files, file_labels)` of a folder: sorted image paths and their class ids (None for a flat folder)."""
     if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(
             f"Image directory {root!r} does not exist. Pass an existing "
             "directory of images (one sub-folder per class, or a flat folder)."
         )
-    _parse_split(split, ("train",))
-    if split.strip() != "train":
-        raise ValueError(f"A directory of images has a single split; pass split='train'. Received: split={split!r}")
+    try:
+        _, bounds = _parse_split(split, ("train",))
+    except ValueError:
+        raise ValueError(
+            f"A folder of images has a single split, 'train' (optionally sliced: 'train[:512]'). Received: {split!r}"
+        ) from None
     entries = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root))
     class_dirs = [n for n in entries if not n.startswith(".") and tf.io.gfile.isdir(tf.io.gfile.join(root, n))]
     top_files = [tf.io.gfile.join(root, n) for n in entries if n not in class_dirs and _is_image_name(n)]
@@ -931,8 +1011,16 @@ def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, 
         files, file_labels = top_files, None
     if not files:
         raise FileNotFoundError(f"No image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {root!r}.")
+    start, stop = _split_bounds(split, bounds, len(files))
+    files = files[start:stop]
+    file_labels = None if file_labels is None else file_labels[start:stop]
     if subset is not None:
         files, file_labels = _subset_files(root, files, file_labels, subset)
+    return files, file_labels
+
+
+def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, decode=True):
+    files, file_labels = _list_directory(root, split, subset)
 
     # The first file fixes the channel count (so elements have a static
     # shape) and the reference size other files are checked against.
@@ -1021,8 +1109,17 @@ def _subset_indices(ids, num_examples):
     return np.unique(index)
 
 
+def _are_indices(ids):
+    """Whether every id is an integer (an example index, never an image file's name)."""
+    return all(re.fullmatch(r"-?\d+", i) for i in ids)
+
+
 def _subset_files(root, files, file_labels, ids):
-    """The files named by `ids` (a file name, or the path under `root`)."""
+    """The files named by `ids` (a file name, or the path under `root`), or indexed by them (integers, into the
+    sorted file list: what `balanced_fraction` draws)."""
+    if _are_indices(ids):
+        index = _subset_indices(ids, len(files))
+        return [files[i] for i in index], None if file_labels is None else [file_labels[i] for i in index]
     wanted = set(ids)
     prefix = root.rstrip("/") + "/"
     keep = [i for i, path in enumerate(files) if os.path.basename(path) in wanted or path[len(prefix) :] in wanted]
@@ -1037,7 +1134,7 @@ def _subset_files(root, files, file_labels, ids):
 
 def _filter_tfds(dataset, spec, ids, name):
     """Keeps the tfds examples named by `ids`: by `file_name` if the dataset has it, else by index."""
-    if "file_name" in spec:
+    if "file_name" in spec and not _are_indices(ids):
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.ones([len(ids)], tf.int32)), default_value=0
         )
@@ -1046,7 +1143,14 @@ def _filter_tfds(dataset, spec, ids, name):
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(index, tf.ones_like(index, tf.int32)), default_value=0
     )
-    return dataset.enumerate().filter(lambda i, e: table.lookup(i) > 0).map(lambda i, e: e)
+
+    def listed(index, element):
+        return table.lookup(index) > 0
+
+    def drop_index(index, element):
+        return element
+
+    return dataset.enumerate().filter(listed).map(drop_index)
 
 
 def balanced_fraction(labels, fraction, seed=0):
@@ -1137,7 +1241,7 @@ def _convert_channels(images, channels):
     return images
 
 
-def _postprocess_dataset(dataset, image_size, channels):
+def _postprocess_dataset(dataset, image_size, channels, crop_fraction=None):
     if image_size is None and channels is None:
         return dataset
     spec = dataset.element_spec
@@ -1147,7 +1251,10 @@ def _postprocess_dataset(dataset, image_size, channels):
     _check_channel_conversion(image_spec.shape[-1], channels)
 
     def process(image):
-        if image_size is not None:
+        if crop_fraction is not None:
+            image = crops.center_crop(image, image_size, crop_fraction)
+            image.set_shape([*image_size, image_spec.shape[-1]])
+        elif image_size is not None:
             image = _resize_or_pad(image, image_size)
         if channels is not None:
             image = _convert_channels(image, channels)

@@ -54,7 +54,8 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
         first = spec[0] if isinstance(spec, tuple) else spec
         if first.shape.rank == 3:
             dataset = dataset.batch(batch_size)
-        total = None
+        total = int(dataset.cardinality())
+        total = total if total >= 0 else None  # unknown (after a filter): the bar counts without a total
     else:
         images = np.asarray(images)
         if images.ndim != 4:
@@ -90,7 +91,15 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
 
 
 def knn_predict(
-    train_features, train_labels, test_features, k=200, temperature=0.1, num_classes=None, batch_size=1024, verbose=0
+    train_features,
+    train_labels,
+    test_features,
+    k=200,
+    temperature=0.1,
+    num_classes=None,
+    batch_size=1024,
+    verbose=0,
+    bank_batch_size=65_536,
 ):
     """Weighted kNN class predictions over a feature bank.
 
@@ -107,6 +116,11 @@ def knn_predict(
         num_classes: int or None. Defaults to `max(train_labels) + 1`.
         batch_size: int. Test rows per similarity block. Defaults to 1024.
         verbose: int. Defaults to 0.
+        bank_batch_size: int. Bank rows per similarity block: each block of
+            queries is compared with the bank a chunk at a time, keeping the
+            running top k, so a similarity block never exceeds
+            `batch_size x bank_batch_size` (ImageNet's 1.28M-row bank would
+            otherwise make 5 GB blocks). Defaults to 65,536.
 
     Returns:
         int numpy `[M]` predicted classes.
@@ -119,15 +133,31 @@ def knn_predict(
     num_classes = int(num_classes or train_labels.max() + 1)
     train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
     k = int(min(k, len(train_labels)))
-    bank = tf.math.l2_normalize(tf.constant(train_features, tf.float32), axis=1)
-    bank_labels = tf.constant(train_labels)
+    train_features = np.asarray(train_features, "float32")
+    bank_batch_size = max(int(bank_batch_size), k)
+    chunks = [
+        (tf.constant(train_features[i : i + bank_batch_size]), tf.constant(train_labels[i : i + bank_batch_size]))
+        for i in range(0, len(train_labels), bank_batch_size)
+    ]
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
+    def chunk_top_k(queries, bank, bank_labels, best_sims, best_labels):
+        """Merges a bank chunk's k most similar rows into the running top k `[queries, <=k]`."""
+        sims = tf.matmul(queries, tf.math.l2_normalize(bank, axis=1), transpose_b=True)
+        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+        sims = tf.concat([best_sims, sims], axis=1)
+        labels = tf.concat([best_labels, tf.gather(bank_labels, idx)], axis=1)
+        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+        return sims, tf.gather(labels, idx, batch_dims=1)
+
     def predict_block(queries):
         queries = tf.math.l2_normalize(queries, axis=1)
-        sims, idx = tf.math.top_k(tf.matmul(queries, bank, transpose_b=True), k=k)
+        sims = tf.zeros([queries.shape[0], 0], tf.float32)
+        labels = tf.zeros([queries.shape[0], 0], tf.int32)
+        for bank, bank_labels in chunks:
+            sims, labels = chunk_top_k(queries, bank, bank_labels, sims, labels)
         weights = tf.exp(sims / temperature)
-        votes = tf.one_hot(tf.gather(bank_labels, idx), num_classes) * weights[..., None]
+        votes = tf.one_hot(labels, num_classes) * weights[..., None]
         return tf.argmax(tf.reduce_sum(votes, axis=1), axis=1, output_type=tf.int32)
 
     test_features = np.asarray(test_features, "float32")
@@ -151,13 +181,15 @@ def knn_accuracy(
     num_classes=None,
     batch_size=1024,
     verbose=1,
+    bank_batch_size=65_536,
 ):
     """Accuracy of the weighted kNN classifier (see `knn_predict`).
 
     Args:
         train_features, train_labels, test_features: as in `knn_predict`.
         test_labels: int `[M]`.
-        k, temperature, num_classes, batch_size, verbose: as in `knn_predict`.
+        k, temperature, num_classes, batch_size, verbose, bank_batch_size: as
+            in `knn_predict`.
 
     Returns:
         float in [0, 1].
@@ -172,7 +204,7 @@ def knn_accuracy(
     if len(test_labels) != len(test_features):
         raise ValueError(f"{len(test_features)} test features but {len(test_labels)} labels.")
     predictions = knn_predict(
-        train_features, train_labels, test_features, k, temperature, num_classes, batch_size, verbose
+        train_features, train_labels, test_features, k, temperature, num_classes, batch_size, verbose, bank_batch_size
     )
     return float(np.mean(predictions == test_labels))
 
@@ -284,9 +316,11 @@ def evaluate_frozen(
 
     Args:
         encoder: keras.Model (or a trainer: its `.encoder`).
-        train: `(images, labels)` arrays, the kNN bank and the probe's
-            training set.
-        test: `(images, labels)` arrays.
+        train: `(images, labels)` arrays, or a `tf.data.Dataset` of
+            `(image, label)` (batched or not, streamed through the encoder a
+            batch at a time: only the features are kept): the kNN bank and
+            the probe's training set.
+        test: the same for the test split.
         k: int. Defaults to 200.
         temperature: float. kNN vote temperature. Defaults to 0.1.
         probe_epochs: int. 0 skips the linear probe; the AdamW probe's
@@ -302,9 +336,8 @@ def evaluate_frozen(
     """
     encoder = getattr(encoder, "encoder", encoder)
     before = [np.array(w) for w in encoder.get_weights()]
-    (x_train, y_train), (x_test, y_test) = train, test
-    f_train = extract_features(encoder, x_train, verbose=verbose)
-    f_test = extract_features(encoder, x_test, verbose=verbose)
+    f_train, y_train = _features_and_labels(encoder, train, "train", verbose)
+    f_test, y_test = _features_and_labels(encoder, test, "test", verbose)
     results = {
         "knn_accuracy": knn_accuracy(
             f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
@@ -322,3 +355,13 @@ def evaluate_frozen(
             "features must be extracted in inference mode (training=False) from a frozen encoder."
         )
     return results
+
+
+def _features_and_labels(encoder, data, what, verbose):
+    """Features and labels of `(images, labels)` arrays or of a dataset of `(image, label)`."""
+    if isinstance(data, tf.data.Dataset):
+        if not isinstance(data.element_spec, tuple):
+            raise ValueError(f"The {what} dataset yields images without labels; kNN and the probe need labels.")
+        return extract_features(encoder, data, verbose=verbose)
+    images, labels = data
+    return extract_features(encoder, images, verbose=verbose), labels

@@ -24,6 +24,8 @@ FILES = {
 }
 #: The splits this source has.
 SPLITS = tuple(FILES)
+#: Its classes (T-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot).
+NUM_CLASSES = 10
 
 
 def directory(data_dir=None):

@@ -461,11 +461,14 @@ def keras_cv_augmenter(
 
     size = augment._image_size(image_size)
     value_range = (0, 255)
-    steps = [
-        kcv.layers.RandomCropAndResize(
-            size, crop_area_factor=tuple(crop_area), aspect_ratio_factor=tuple(crop_aspect_ratio), seed=seed
+    steps = []
+    if tuple(crop_area) != (1.0, 1.0) or tuple(crop_aspect_ratio) != (1.0, 1.0):
+        # (Both 1: the crop was drawn per image before, by `contrastive_views`' `crop`.)
+        steps.append(
+            kcv.layers.RandomCropAndResize(
+                size, crop_area_factor=tuple(crop_area), aspect_ratio_factor=tuple(crop_aspect_ratio), seed=seed
+            )
         )
-    ]
     if horizontal_flip:
         steps.append(kcv.layers.RandomFlip("horizontal", seed=seed))
     b, c, s, h = (

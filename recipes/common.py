@@ -6,10 +6,12 @@ story live here so that a flag means the same thing in all of them.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
+import typing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info/warning logs out of the story
 
@@ -105,6 +107,31 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         "default: the --augment preset's)",
     )
     p.add_argument("--max_train_examples", type=at_least(1), default=None, help="use only the first N training images")
+    p.add_argument(
+        "--shuffle_buffer",
+        type=at_least(1),
+        default=20_000,
+        help="training examples shuffled at a time (encoded files for folders and tfds datasets: about 2 GB for "
+        "ImageNet's JPEGs at the default); a constant, so memory does not grow with the dataset",
+    )
+    p.add_argument(
+        "--eval_dataset",
+        default=None,
+        help="where the evaluation split comes from (default: --dataset; a folder has one split, so name a second "
+        "folder)",
+    )
+    p.add_argument(
+        "--eval_split",
+        default=None,
+        help="default: test, or validation for datasets without one (imagenet2012); train for an --eval_dataset folder",
+    )
+    p.add_argument(
+        "--eval_crop_fraction",
+        type=positive,
+        default=0.875,
+        help="folders and tfds datasets: evaluation resizes the central fraction of each image's shorter side to "
+        "--image_size (ImageNet's resize 256, crop 224)",
+    )
     p.add_argument(
         "--data_service",
         default=None,
@@ -239,13 +266,16 @@ class Classifier(kc.distribute.MultiWorkerFit, keras.Model):
     """A Functional classifier (`Classifier(inputs, logits)`) whose `fit` also runs multi-worker."""
 
 
-def augmenter(args, channels=3):
+def augmenter(args, channels=3, crop=None):
     """The `--augment` preset with `--crop_min` / `--jitter_strength` where given, built `--augment_with`.
 
-    `channels`: of the training images (keras-cv's colour layers need to know).
+    `channels`: of the training images (keras-cv's colour layers need to know). `crop`: the per-image crop of
+    full-resolution data (`TrainData.crop`); the augmenter then keeps the whole crop it gets.
     """
     overrides = {}
-    if args.crop_min is not None:
+    if crop is not None:
+        overrides.update(WHOLE_IMAGE)
+    elif args.crop_min is not None:
         overrides["crop_area"] = (args.crop_min, 1.0)
     if args.jitter_strength is not None:
         overrides["color_jitter_strength"] = args.jitter_strength
@@ -259,27 +289,129 @@ def augmenter(args, channels=3):
     )
 
 
+#: Augmenter arguments that keep the whole image: the crop was drawn per image before (full-resolution data).
+WHOLE_IMAGE = {"crop_area": (1.0, 1.0), "crop_aspect_ratio": (1.0, 1.0)}
+
+
+class TrainData(typing.NamedTuple):
+    """The training split as a stream, and what the recipe needs to know about it without reading it whole.
+
+    `dataset` yields `(image, label)` or images alone: uint8 `[H, W, C]` for in-memory sources, the encoded file
+    for folders and tfds datasets (`crop` then decodes and crops each one at its own size). `image_shape` is
+    what the encoder sees: `(image_size, image_size, channels)`.
+    """
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    num_classes: int | None
+    image_shape: tuple
+    crop: kc.crops.RandomResizedCrop | None
+
+
 def train_split(args):
     return "train" if not args.max_train_examples else f"train[:{args.max_train_examples}]"
 
 
-def load_split(args, split, subset=None):
-    """`(dataset, arrays)` of a split: the tf.data source and `(x, y)` numpy arrays (y may be None).
+def full_resolution(name):
+    """Whether `name`'s images are cropped one by one at their own size (folders, tfds datasets: SimCLR's random
+    resized crop on the decoded image; JPEGs decode only the crop) rather than in batches by the augmenter
+    (local in-memory sources such as Fashion-MNIST's files, whose images share one small size)."""
+    return name not in kc.data.LOCAL_SOURCES
 
-    Data the user named wrongly (no such folder or tfds name, no images, a file that is not an image)
-    ends the run with one line saying so, not a traceback.
-    """
-    channels = args.channels or None
+
+@contextlib.contextmanager
+def data_errors(name, split):
+    """Data the user named wrongly (no such folder or tfds name, no images, a file that is not an image)
+    ends the run with one line saying so, not a traceback."""
     try:
-        kwargs = dict(image_size=args.image_size, channels=channels, subset=subset)
-        dataset = kc.data.load(args.dataset, split, **kwargs)
-        arrays = kc.data.load_arrays(args.dataset, split, **kwargs)
+        yield
     except (FileNotFoundError, ValueError, tf.errors.InvalidArgumentError) as error:
         message = error.message if isinstance(error, tf.errors.OpError) else str(error)
-        raise SystemExit(
-            f"error: --dataset {args.dataset} (split {split!r}): {message.strip().splitlines()[0]}"
-        ) from None
-    return dataset, arrays
+        raise SystemExit(f"error: --dataset {name} (split {split!r}): {message.strip().splitlines()[0]}") from None
+
+
+def crop_geometry(args):
+    """`(area, aspect_ratio)` of the random resized crop: `--crop_min`, else the `--augment` preset's."""
+    preset = kc.augment.PRESETS[args.augment]
+    area = (args.crop_min, 1.0) if args.crop_min is not None else preset.get("crop_area", kc.crops.DEFAULT_AREA)
+    return area, preset.get("crop_aspect_ratio", kc.crops.DEFAULT_ASPECT_RATIO)
+
+
+def _decoded_channels(dataset):
+    """1 or 3: the channels of the first encoded image (alpha dropped), for `--channels 0` (keep)."""
+    first = next(iter(dataset.take(1)))
+    image = first[0] if isinstance(first, tuple) else first
+    return {1: 1, 2: 1, 3: 3, 4: 3}[int(tf.io.decode_image(image, expand_animations=False).shape[-1])]
+
+
+def train_data(args, subset=None):
+    """The training split, streamed (never held in memory): see `TrainData`.
+
+    `subset`: example ids or a file of them (`kc.data.load`'s `subset`). Also checks that the evaluation split
+    can be named (`eval_splits`), so that a run does not fail after training.
+    """
+    eval_splits(args)
+    split = train_split(args)
+    with data_errors(args.dataset, split):
+        if full_resolution(args.dataset):
+            dataset = kc.data.load(args.dataset, split, subset=subset, decode=False)
+            channels = args.channels or _decoded_channels(dataset)
+            area, aspect_ratio = crop_geometry(args)
+            crop = kc.crops.RandomResizedCrop(args.image_size, area=area, aspect_ratio=aspect_ratio, channels=channels)
+        else:
+            dataset = kc.data.load(
+                args.dataset, split, image_size=args.image_size, channels=args.channels or None, subset=subset
+            )
+            spec = dataset.element_spec
+            channels = (spec[0] if isinstance(spec, tuple) else spec).shape[-1]
+            crop = None
+        num_classes = kc.data.num_classes(args.dataset) if isinstance(dataset.element_spec, tuple) else None
+        num_examples = kc.data.num_examples(dataset)
+    return TrainData(dataset, num_examples, num_classes, (args.image_size, args.image_size, channels), crop)
+
+
+def train_labels(args):
+    """Every label of the training split as int32 numpy `[N]` (no image decoded), or None without labels."""
+    split = train_split(args)
+    with data_errors(args.dataset, split):
+        return kc.data.load_labels(args.dataset, split)
+
+
+def eval_splits(args):
+    """The evaluation splits to try in order; a folder as --dataset without --eval_dataset ends the run here
+    (recipes call this before training, so the run does not fail after it)."""
+    name = args.eval_dataset or args.dataset
+    if args.eval_split:
+        return [args.eval_split]
+    if name in kc.data.LOCAL_SOURCES:
+        return ["test"]
+    if tf.io.gfile.isdir(name):
+        if args.eval_dataset is None and not args.no_eval:
+            raise SystemExit(
+                f"error: --dataset {name} is a folder, which has one split (train): name a folder of evaluation "
+                "images with --eval_dataset, or pass --no_eval."
+            )
+        return ["train"]
+    return ["test", "validation"]  # imagenet2012 has no test split
+
+
+def eval_data(args, bank=False):
+    """`(image, label)` pairs for evaluation at the training size, streamed: the test split of
+    `--eval_dataset` (default `--dataset`), or with `bank=True` the training split (the kNN bank and the probe's
+    training set). Folders and tfds datasets are resized and center-cropped (`--eval_crop_fraction`); in-memory
+    sources padded or resized as for training."""
+    name = args.dataset if bank else (args.eval_dataset or args.dataset)
+    kwargs = dict(image_size=args.image_size, channels=args.channels or None)
+    if full_resolution(name):
+        kwargs["crop_fraction"] = args.eval_crop_fraction
+    candidates = [train_split(args)] if bank else eval_splits(args)
+    for i, split in enumerate(candidates):
+        try:
+            with data_errors(name, split):
+                return kc.data.load(name, split, **kwargs)
+        except SystemExit:
+            if i == len(candidates) - 1:
+                raise
 
 
 def build_encoder(args, image_shape):
@@ -385,38 +517,45 @@ def float32_after_training(args, model):
     return model
 
 
-def fit_views(args, model, dataset, steps_per_epoch, shuffle_buffer, repeat=True):
-    """Trains a contrastive trainer on augmented views of `dataset`, resuming a killed run.
+def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, dataset=None):
+    """Trains a contrastive trainer on augmented views of `data` (`TrainData`), resuming a killed run.
 
     The views pipeline starts at the step of the last backup, so that a run
     started again with the same command continues with the batches the
     killed one would have seen next; TensorBoard's sample views come from a
-    pipeline of their own (see `fit`).
+    pipeline of their own (see `fit`). `dataset` replaces `data.dataset`
+    (e.g. a class-balanced stream of it).
     """
+    dataset = data.dataset if dataset is None else dataset
     backup_callback = backup(args)
     views = model.views_dataset(
         dataset,
         args.batch_size,
-        shuffle_buffer=shuffle_buffer,
+        shuffle_buffer=min(data.num_examples, args.shuffle_buffer) if shuffle else None,
         seed=args.seed,
         repeat=repeat,
         start_batch=backup_callback.resume_step,
         data_service=args.data_service,
+        crop=data.crop,
     )
-    samples = model.views_dataset(dataset, 8, seed=args.seed)
+    samples = model.views_dataset(dataset, 8, seed=args.seed, crop=data.crop)
     return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
 
 
-def evaluate_frozen(args, encoder, train_arrays, test_arrays):
-    """Weighted kNN and linear-probe accuracy of a frozen encoder on the test split (weights checked unchanged)."""
-    (x_train, y_train), (x_test, y_test) = train_arrays, test_arrays
-    if y_train is None or y_test is None or args.no_eval or not kc.distribute.is_chief():
+def evaluate_frozen(args, encoder, labelled=True):
+    """Weighted kNN and linear-probe accuracy of a frozen encoder on the evaluation split (weights checked
+    unchanged), both splits streamed through the encoder in batches (`eval_data`)."""
+    if not labelled or args.no_eval or not kc.distribute.is_chief():
+        return {}
+    bank, test = eval_data(args, bank=True), eval_data(args)
+    if not isinstance(bank.element_spec, tuple) or not isinstance(test.element_spec, tuple):
+        print("No labels to evaluate with: kNN and the linear probe skipped.")
         return {}
     print("Extracting features for the kNN bank and the test split...")
     results = kc.evaluation.evaluate_frozen(
         encoder,
-        (x_train, y_train),
-        (x_test, y_test),
+        bank,
+        test,
         k=args.knn_k,
         probe_epochs=args.linear_probe_epochs,
         solver=args.linear_probe_solver,

@@ -42,7 +42,7 @@ def classifier_from(encoder_uint8, num_classes):
     return common.Classifier(inputs, logits)
 
 
-def train_and_test(model, train_ds, steps, batch, args, x_test, y_test):
+def train_and_test(model, train_ds, steps, batch, args, test):
     peak = kc.optimizers.scale_learning_rate(args.learning_rate, batch, args.lr_scaling)
     schedule = keras.optimizers.schedules.CosineDecay(peak, steps)
     model.compile(
@@ -51,8 +51,8 @@ def train_and_test(model, train_ds, steps, batch, args, x_test, y_test):
         metrics=["accuracy"],
     )
     model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=args.verbose)
-    logits = model.predict(x_test, batch_size=512, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=1) == y_test))
+    logits, labels = kc.evaluation.extract_features(model, test, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def main(argv=None):
@@ -89,19 +89,20 @@ def main(argv=None):
     args.image_size = args.image_size or height
     args.channels = args.channels if args.channels is not None else channels
 
-    # 1. Data: the full training split (labels subsampled below) and the test split.
-    _, (x_train, y_train) = common.load_split(args, common.train_split(args))
-    _, (x_test, y_test) = common.load_split(args, "test")
-    num_classes = int(y_train.max()) + 1
-    augmenter = common.augmenter(args, channels=x_train.shape[-1])
+    # 1. Data, streamed: the labelled subsets of the training split (drawn from its labels alone) and the test split.
+    full = common.train_data(args)
+    if full.num_classes is None:
+        raise SystemExit(f"Fine-tuning needs labels and {args.dataset} has none.")
+    test = common.eval_data(args)
+    augmenter = common.augmenter(args, channels=full.image_shape[-1], crop=full.crop)
     if args.label_subset:  # a published list of labelled examples
-        _, (x_sub, y_sub) = common.load_split(args, common.train_split(args), subset=args.label_subset)
-        subsets = [(os.path.basename(args.label_subset), x_sub, y_sub)]
-    else:  # class-balanced fractions drawn with the seed
-        subsets = []
-        for fraction in [float(f) for f in args.label_fractions.split(",")]:
-            idx = kc.data.balanced_fraction(y_train, fraction, args.seed)
-            subsets.append((f"{fraction:g}", x_train[idx], y_train[idx]))
+        subsets = [(os.path.basename(args.label_subset), args.label_subset)]
+    else:  # class-balanced fractions drawn with the seed, as example indices
+        labels = common.train_labels(args)
+        subsets = [
+            (f"{fraction:g}", kc.data.balanced_fraction(labels, fraction, args.seed).tolist())
+            for fraction in [float(f) for f in args.label_fractions.split(",")]
+        ]
 
     metadata = None
     if not args.encoder_path.endswith(".keras"):
@@ -109,27 +110,37 @@ def main(argv=None):
     scratch_encoder(args, metadata)
 
     results = {}
-    for name, x_labelled, y_labelled in subsets:
+    for name, ids in subsets:
         # 2. The labelled subset, augmented (one view per image) on the host.
-        subset = kc.data.load((x_labelled, y_labelled))
-        batch = min(args.batch_size, len(y_labelled))
+        subset = common.train_data(args, subset=ids)
+        batch = min(args.batch_size, subset.num_examples)
         views = kc.data.contrastive_views(
-            subset, augmenter, batch, num_views=1, shuffle_buffer=len(y_labelled), seed=args.seed, repeat=True
+            subset.dataset,
+            augmenter,
+            batch,
+            num_views=1,
+            shuffle_buffer=min(subset.num_examples, args.shuffle_buffer),
+            seed=args.seed,
+            repeat=True,
+            crop=subset.crop,
         ).map(lambda v, y: (tf.cast(tf.round(v[:, 0] * 255.0), tf.uint8), y))
-        steps = max(args.min_steps, args.finetune_epochs * (len(y_labelled) // batch))
+        steps = max(args.min_steps, args.finetune_epochs * (subset.num_examples // batch))
 
         # 3. Fine-tune the pretrained encoder, and train the same network from scratch.
         with strategy.scope():
-            pretrained = classifier_from(kc.downstream.load_encoder(args.encoder_path, trainable=True), num_classes)
-            fresh = common.build_encoder(args, x_train.shape[1:])
-            scratch_inputs = keras.Input(x_train.shape[1:], dtype="uint8")
+            pretrained = classifier_from(
+                kc.downstream.load_encoder(args.encoder_path, trainable=True), full.num_classes
+            )
+            fresh = common.build_encoder(args, full.image_shape)
+            scratch_inputs = keras.Input(full.image_shape, dtype="uint8")
             scratch = classifier_from(
-                keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))), num_classes
+                keras.Model(scratch_inputs, fresh(keras.layers.Rescaling(1.0 / 255.0)(scratch_inputs))),
+                full.num_classes,
             )
             row = {
-                "labels": int(len(y_labelled)),
-                "pretrained": train_and_test(pretrained, views, steps, batch, args, x_test, y_test),
-                "scratch": train_and_test(scratch, views, steps, batch, args, x_test, y_test),
+                "labels": subset.num_examples,
+                "pretrained": train_and_test(pretrained, views, steps, batch, args, test),
+                "scratch": train_and_test(scratch, views, steps, batch, args, test),
             }
         results[name] = row
         label = f"{float(name):>6.1%}" if not args.label_subset else name

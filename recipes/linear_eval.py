@@ -50,10 +50,8 @@ def main(argv=None):
     args.image_size = args.image_size or height
     args.channels = args.channels if args.channels is not None else channels
 
-    # 2. Data at the encoder's input size; 3. kNN and linear probe on the frozen features.
-    train_arrays = common.load_split(args, common.train_split(args))[1]
-    test_arrays = common.load_split(args, "test")[1]
-    results = common.evaluate_frozen(args, encoder, train_arrays, test_arrays)
+    # 2. Data at the encoder's input size, streamed; 3. kNN and linear probe on the frozen features.
+    results = common.evaluate_frozen(args, encoder)
     for name, value in results.items():
         if name in recorded:
             print(f"{name}: {value:.4f} (recorded at export: {recorded[name]:.4f})")

@@ -33,8 +33,9 @@ import common
 import keras_contrastive as kc
 
 
-def view_augmenters(args, channels=3):
-    """MoCo v3's two view augmenters with `--crop_min` and `--jitter_strength`.
+def view_augmenters(args, channels=3, crop=None):
+    """MoCo v3's two view augmenters with `--crop_min` and `--jitter_strength` (no crop of their own when
+    `crop`, the per-image crop of full-resolution data, is given).
 
     MoCo v3's jitter maxima (0.4, 0.4, 0.2, 0.1) are SimCLR's strength 0.5 for brightness, contrast and hue;
     `--jitter_strength` scales all four.
@@ -48,7 +49,7 @@ def view_augmenters(args, channels=3):
         implementation=args.augment_with,
         channels=channels,
         blur=args.augment_blur,
-        crop_area=(args.crop_min, 1.0),
+        **(common.WHOLE_IMAGE if crop is not None else {"crop_area": (args.crop_min, 1.0)}),
         **jitter,
     )
 
@@ -72,19 +73,16 @@ def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
-    # 1. Data.
-    split = common.train_split(args)
-    train, train_arrays = common.load_split(args, split)
-    num_train = len(train_arrays[0])
-    num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
+    # 1. Data, streamed (folders and tfds datasets cropped one by one at full resolution).
+    data = common.train_data(args)
 
     # 2. MoCo v3's asymmetric pair of views (blur/solarize differ), made on the host.
-    augmenters = view_augmenters(args, channels=train_arrays[0].shape[-1])
+    augmenters = view_augmenters(args, channels=data.image_shape[-1], crop=data.crop)
 
     # 3. Encoder and trainer: momentum schedule over the whole run.
     with strategy.scope():
-        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
-        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
+        encoder = common.build_encoder(args, data.image_shape)
         model = kc.MoCoV3(
             encoder,
             augmenters,
@@ -93,7 +91,7 @@ def main(argv=None):
             total_steps=steps_per_epoch * args.epochs,
             projection_dim=args.projection_dim,
             hidden_dim=args.hidden_dim,
-            num_classes=num_classes,
+            num_classes=data.num_classes,
             seed=args.seed,
         )
 
@@ -101,11 +99,10 @@ def main(argv=None):
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Train on shuffled, repeated views (a killed run started again resumes where it stopped).
-    common.fit_views(args, model, train, steps_per_epoch, shuffle_buffer=min(num_train, 20_000))
+    common.fit_views(args, model, data, steps_per_epoch)
 
     # 6. Evaluate the frozen query backbone, then export it.
-    _, test_arrays = common.load_split(args, "test")
-    results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
+    results = common.evaluate_frozen(args, model.encoder, labelled=data.num_classes is not None)
     return common.export_and_save_results(args, model, "MoCo v3", "recipes/mocov3.py", results)
 
 

@@ -65,18 +65,16 @@ def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
-    # 1. Data: uint8 images; labels feed only the online probe and the evaluation.
-    split = common.train_split(args)
-    train, train_arrays = common.load_split(args, split)
-    num_train = len(train_arrays[0])
-    num_classes = None if train_arrays[1] is None else int(train_arrays[1].max()) + 1
+    # 1. Data, streamed: uint8 images, or for folders and tfds datasets the encoded files, cropped one by one at
+    #    full resolution; labels feed only the online probe and the evaluation.
+    data = common.train_data(args)
 
     # 2. Augmentation: two views per image, made on the host in tf.data.
-    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
+    augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
 
     # 3. Encoder and trainer (SimCLR head, NT-Xent, online linear probe).
     with strategy.scope():
-        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        encoder = common.build_encoder(args, data.image_shape)
         model = kc.SimCLR(
             encoder,
             augmenter,
@@ -85,21 +83,20 @@ def main(argv=None):
             head_version=HEADS[args.head],
             projection_head=common.bn_projection_head(args, encoder),
             concatenate_views=not args.per_view_bn,
-            num_classes=num_classes,
+            num_classes=data.num_classes,
             seed=args.seed,
         )
 
         # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.
-        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # 5. Train on shuffled, repeated views with a static batch size, with logs, view pairs,
     #    checkpoints and backups (a killed run started again resumes where it stopped).
-    common.fit_views(args, model, train, steps_per_epoch, shuffle_buffer=min(num_train, 20_000))
+    common.fit_views(args, model, data, steps_per_epoch)
 
-    # 6. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features.
-    _, test_arrays = common.load_split(args, "test")
-    results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
+    # 6. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features, in batches.
+    results = common.evaluate_frozen(args, model.encoder, labelled=data.num_classes is not None)
 
     # 7. Export the encoder (no projection head) for TF Serving and downstream use.
     return common.export_and_save_results(args, model, "SimCLR", "recipes/simclr.py", results)

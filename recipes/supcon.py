@@ -48,25 +48,23 @@ def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
-    # 1. Data: labelled uint8 images.
-    split = common.train_split(args)
-    train, train_arrays = common.load_split(args, split)
-    if train_arrays[1] is None:
+    # 1. Data, streamed: labelled images (folders and tfds datasets cropped one by one at full resolution).
+    data = common.train_data(args)
+    if data.num_classes is None:
         raise SystemExit(f"SupCon needs labels and {args.dataset} has none: use recipes/simclr.py.")
-    num_train = len(train_arrays[0])
-    num_classes = int(train_arrays[1].max()) + 1
+    train = data.dataset
     if args.class_balanced:
-        frequencies = np.bincount(train_arrays[1], minlength=num_classes)
+        frequencies = np.bincount(common.train_labels(args), minlength=data.num_classes)
         if frequencies.min() == 0:
             raise SystemExit(f"--class_balanced: classes {np.flatnonzero(frequencies == 0).tolist()} have no examples.")
-        train = kc.data.class_balanced(train, num_classes, seed=args.seed, initial_dist=frequencies)
+        train = kc.data.class_balanced(train, data.num_classes, seed=args.seed, initial_dist=frequencies)
 
     # 2. Augmentation: SimCLR-style views, made on the host.
-    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
+    augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
 
     # 3. Stage 1: encoder + SupCon trainer.
     with strategy.scope():
-        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        encoder = common.build_encoder(args, data.image_shape)
         model = kc.SupCon(
             encoder,
             augmenter,
@@ -75,27 +73,27 @@ def main(argv=None):
             contrast_mode=args.contrast_mode,
             num_views=args.num_views,
             projection_dim=args.projection_dim,
-            num_classes=num_classes,
+            num_classes=data.num_classes,
             seed=args.seed,
             projection_head=common.bn_projection_head(args, encoder),
             concatenate_views=not args.per_view_bn,
         )
-        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
         model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
 
     # Train (a killed run started again resumes where it stopped).
     common.fit_views(
         args,
         model,
-        train,
+        data,
         steps_per_epoch,
-        shuffle_buffer=None if args.class_balanced else min(num_train, 20_000),
+        shuffle=not args.class_balanced,
         repeat=not args.class_balanced,
+        dataset=train,
     )
 
-    # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy).
-    _, test_arrays = common.load_split(args, "test")
-    results = common.evaluate_frozen(args, model.encoder, train_arrays, test_arrays)
+    # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy), in batches.
+    results = common.evaluate_frozen(args, model.encoder)
 
     # 5. Export the encoder.
     return common.export_and_save_results(args, model, "SupCon", "recipes/supcon.py", results)

@@ -21,7 +21,6 @@ import argparse
 import common
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_contrastive as kc
 
@@ -43,32 +42,32 @@ def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
 
-    # 1. Data.
-    split = common.train_split(args)
-    train, train_arrays = common.load_split(args, split)
-    num_train = len(train_arrays[0])
-    num_classes = int(train_arrays[1].max()) + 1
+    # 1. Data, streamed (folders and tfds datasets cropped one by one at full resolution).
+    data = common.train_data(args)
+    if data.num_classes is None:
+        raise SystemExit(f"A supervised baseline needs labels and {args.dataset} has none.")
 
     # 2. One augmented view per image, made on the host with the same augmenter.
-    augmenter = common.augmenter(args, channels=train_arrays[0].shape[-1])
+    augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
     backup = common.backup(args)  # a killed run resumes from its last backup, data included
     views = kc.data.contrastive_views(
-        train,
+        data.dataset,
         augmenter,
         args.batch_size,
         num_views=1,
-        shuffle_buffer=min(num_train, 20_000),
+        shuffle_buffer=min(data.num_examples, args.shuffle_buffer),
         seed=args.seed,
         repeat=True,
         start_batch=backup.resume_step,
+        crop=data.crop,
     ).map(lambda v, y: (v[:, 0], y))
 
     # 3. Encoder + linear classifier, cross-entropy.
     with strategy.scope():
-        encoder = common.build_encoder(args, train_arrays[0].shape[1:])
+        encoder = common.build_encoder(args, data.image_shape)
         inputs = keras.Input(encoder.input_shape[1:])
-        classifier = common.Classifier(inputs, keras.layers.Dense(num_classes, name="classifier")(encoder(inputs)))
-        steps_per_epoch = args.steps_per_epoch or max(1, num_train // args.batch_size)
+        classifier = common.Classifier(inputs, keras.layers.Dense(data.num_classes, name="classifier")(encoder(inputs)))
+        steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
         classifier.compile(
             optimizer=common.schedule_and_optimizer(args, steps_per_epoch),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -83,19 +82,20 @@ def main(argv=None):
     )
     common.float32_after_training(args, classifier)
 
-    # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe.
-    _, (x_test, y_test) = common.load_split(args, "test")
-    logits = classifier.predict(tf.cast(x_test, tf.float32) / 255.0, batch_size=512, verbose=0)
-    results = {"test_accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test))}
-    print(f"Classifier test accuracy: {results['test_accuracy']:.4f}")
-    if args.epochs * steps_per_epoch < SHORT_RUN_STEPS:
+    # 4. Test accuracy of the classifier, and of the frozen encoder by kNN / linear probe (streamed in batches).
+    results = {}
+    if not args.no_eval and kc.distribute.is_chief():
+        logits, y_test = kc.evaluation.extract_features(classifier, common.eval_data(args), verbose=0)
+        results["test_accuracy"] = float(np.mean(np.argmax(logits, axis=1) == y_test))
+        print(f"Classifier test accuracy: {results['test_accuracy']:.4f}")
+    if results and args.epochs * steps_per_epoch < SHORT_RUN_STEPS:
         # Measured (benchmarks/RESULTS.md, sixth session): after 6 steps at rate 0.3 the classifier is at chance in
         # inference mode while its frozen encoder's kNN is 0.62; after 60 steps it reads 0.52.
         print(
             f"  (a short run, {args.epochs * steps_per_epoch} steps: BatchNorm's moving statistics lag the weights, so "
             "the classifier's own figure understates it; the frozen encoder's kNN and probe below do not depend on them)"
         )
-    results.update(common.evaluate_frozen(args, encoder, train_arrays, (x_test, y_test)))
+    results.update(common.evaluate_frozen(args, encoder))
     return common.export_and_save_results(args, encoder, "supervised", "recipes/supervised.py", results)
 
 

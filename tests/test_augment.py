@@ -322,3 +322,20 @@ def test_grayscale_uses_tensorflows_luma_weights(rng):
     out = augment.SimCLRAugmenter(8, **kw)(x, seed=SEED).numpy()
     want = tf.image.rgb_to_grayscale(tf.constant(x / 255.0, tf.float32)).numpy()
     np.testing.assert_allclose(out, np.repeat(want, 3, axis=-1), atol=1e-6)
+
+
+def test_a_whole_image_crop_is_skipped_with_the_same_views(monkeypatch):
+    """With crop area and aspect ratio fixed at 1 (the crop was drawn per image before, `contrastive_views`'
+    `crop`), the augmenter skips its crop-and-resize: the views equal the ones through the full-box resize."""
+    images = np.random.default_rng(0).integers(0, 256, (6, 20, 20, 3), dtype=np.uint8)
+    whole = augment.SimCLRAugmenter(20, crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0), blur=True)
+    assert whole.keeps_whole_image and not augment.SimCLRAugmenter(20).keeps_whole_image
+    skipped = whole(images, seed=[3, 4]).numpy()
+    monkeypatch.setattr(augment.SimCLRAugmenter, "keeps_whole_image", property(lambda self: False))
+    resized = whole(images, seed=[3, 4]).numpy()
+    np.testing.assert_allclose(skipped, resized, atol=2e-5)
+    # Another size still resizes.
+    monkeypatch.undo()
+    assert augment.SimCLRAugmenter(16, crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0))(images, seed=[0, 0]).shape[
+        1:3
+    ] == (16, 16)

@@ -733,3 +733,91 @@ def test_views_made_on_a_tf_data_service_hold_every_example_once():
     for views, labels in served:  # views of the right images (noisy_augmenter adds at most 0.01)
         np.testing.assert_allclose(views[:, 0, 0, 0, 0], labels / 255, atol=0.011)
     assert sum(worker._num_tasks() for worker in workers) >= 1
+
+
+def _class_folder(root, sizes_by_class, seed=5):
+    """A folder of PNGs, one sub-folder per class; returns the images in load order (sorted folders, files)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for c, sizes in enumerate(sizes_by_class):
+        (root / f"c{c}").mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            _write_png(root / f"c{c}" / f"{i}.png", image)
+            images.append(image)
+    return images
+
+
+def test_counts_classes_and_labels_come_without_decoding_an_image(tmp_path):
+    """What a streaming recipe needs up front (issue 11): the number of examples and classes and every label,
+    read from listings and metadata, never from decoded images (a corrupt file does not matter to them)."""
+    _class_folder(tmp_path, [[(4, 5)] * 3, [(6, 4)] * 2, [(5, 5)] * 4])
+    (tmp_path / "c1" / "broken.png").write_bytes(b"not an image at all")
+    assert data.num_classes(tmp_path) == 3
+    np.testing.assert_array_equal(data.load_labels(tmp_path), [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(data.load_labels(tmp_path, subset=[9, 0, 4]), [0, 1, 2])
+    np.testing.assert_array_equal(data.load_labels(tmp_path, "train[2:5]"), [0, 1, 1])
+    assert data.num_examples(data.load(tmp_path, image_size=4)) == 10
+    with pytest.raises(tf.errors.InvalidArgumentError, match="broken.png"):
+        list(data.load(tmp_path, image_size=4))  # decoding does reach the corrupt file
+    # Cardinality unknown after a filter: counted.
+    filtered = data.load((np.zeros((7, 2, 2), np.uint8), np.arange(7))).filter(lambda x, y: y % 2 == 0)
+    assert int(filtered.cardinality()) < 0 and data.num_examples(filtered) == 4
+    with pytest.raises(ValueError, match="infinite"):
+        data.num_examples(filtered.repeat())
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    _write_png(flat / "a.png", np.zeros((3, 3, 3), np.uint8))
+    assert data.num_classes(flat) is None and data.load_labels(flat) is None
+    assert data.num_classes((np.zeros((3, 2, 2), np.uint8), np.array([0, 4, 1]))) == 5
+    assert data.num_classes("fashion_mnist") == 10
+
+
+def test_labels_and_classes_of_a_tfds_dataset_match_its_examples():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=9):
+        labels = data.load_labels("imagenet2012", "validation")
+        expected = [int(e["label"]) for e in tfds.load("imagenet2012", split="validation").as_numpy_iterator()]
+        assert data.num_classes("imagenet2012") == 1000
+        subset = data.load_labels("imagenet2012", "train", subset=[2, 7])
+        train = [int(e["label"]) for e in tfds.load("imagenet2012", split="train").as_numpy_iterator()]
+        # Indices select by position even though the dataset has file names.
+        names = [e["file_name"].decode() for e in tfds.load("imagenet2012", split="train").as_numpy_iterator()]
+        by_name = data.load_labels("imagenet2012", "train", subset=[names[7], names[2]])
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(subset, [train[2], train[7]])
+    np.testing.assert_array_equal(by_name, [train[2], train[7]])
+
+
+def test_a_folder_takes_index_subsets_and_sliced_splits(tmp_path):
+    images = _class_folder(tmp_path, [[(3, 3)] * 3, [(3, 3)] * 3])
+    x, y = data.load_arrays(tmp_path, subset=[4, 1])
+    np.testing.assert_array_equal(x, np.stack([images[1], images[4]]))
+    np.testing.assert_array_equal(y, [0, 1])
+    x, y = data.load_arrays(tmp_path, "train[-2:]")
+    np.testing.assert_array_equal(x, np.stack(images[-2:]))
+    with pytest.raises(ValueError, match="outside the split's 6 examples"):
+        data.load(tmp_path, subset=[6])
+    with pytest.raises(ValueError, match="single split, 'train'"):
+        data.load(tmp_path, "test")
+
+
+def test_crop_fraction_is_the_evaluation_center_crop_at_full_resolution(tmp_path):
+    """Evaluation of full-resolution data: the central fraction of the shorter side, resized (not the whole
+    image squeezed or padded), per image at its own size."""
+    images = _class_folder(tmp_path, [[(40, 64), (64, 30)]])
+    got = [x for x, _ in data.load(tmp_path, image_size=16, crop_fraction=0.5).as_numpy_iterator()]
+    for image, crop in zip(images, got):
+        side = min(image.shape[:2]) // 2
+        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        centre = tf.image.resize(image[top : top + side, left : left + side].astype("float32"), (16, 16), "bicubic")
+        want = np.clip(np.round(centre.numpy()), 0, 255)
+        np.testing.assert_allclose(crop, want, atol=1)
+        assert crop.shape == (16, 16, 3)
+    squeezed = [x for x, _ in data.load(tmp_path, image_size=16).as_numpy_iterator()]
+    assert not np.allclose(squeezed[0], got[0], atol=8)
+    with pytest.raises(ValueError, match="needs `image_size`"):
+        data.load(tmp_path, crop_fraction=0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        data.load(tmp_path, image_size=8, crop_fraction=1.5)

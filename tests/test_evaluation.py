@@ -141,3 +141,39 @@ def test_lbfgs_probe_without_scikit_learn_names_the_pip_command(rng, monkeypatch
     assert evaluation.linear_probe(f, y, f, y, solver="adamw", epochs=1, verbose=0) >= 0.0
     with pytest.raises(ValueError, match="solver"):
         evaluation.linear_probe(f, y, f, y, solver="sgd")
+
+
+def test_knn_searches_the_bank_in_chunks_with_the_same_answer(rng):
+    """The bank is compared a chunk at a time keeping the running top k (ImageNet's bank would not fit one
+    similarity block): any chunk size, even smaller than k, gives the one-block answer and the numpy one."""
+    bank = rng.normal(size=(500, 8)).astype("float32")
+    labels = rng.integers(0, 4, 500)
+    queries = rng.normal(size=(40, 8)).astype("float32")
+    whole = evaluation.knn_predict(bank, labels, queries, k=30, bank_batch_size=10_000)
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ b.T
+    want = []
+    for row in sims:
+        idx = np.argsort(-row)[:30]
+        want.append(np.argmax(np.bincount(labels[idx], weights=np.exp(row[idx] / 0.1), minlength=4)))
+    np.testing.assert_array_equal(whole, want)
+    for chunk in (7, 64, 499):
+        np.testing.assert_array_equal(
+            evaluation.knn_predict(bank, labels, queries, k=30, bank_batch_size=chunk, batch_size=16), want
+        )
+
+
+def test_evaluate_frozen_streams_datasets_to_the_same_figures_as_arrays(rng):
+    """The recipes stream both splits as `(image, label)` datasets (issue 11): the same kNN and probe as arrays."""
+    import tensorflow as tf
+
+    x = (rng.random((60, 8, 8, 1)) * 255).astype("uint8")
+    y = (np.arange(60) % 3).astype("int32")
+    encoder = _small_encoder()
+    arrays = evaluation.evaluate_frozen(encoder, (x[:40], y[:40]), (x[40:], y[40:]), k=5, probe_epochs=2, verbose=0)
+    train = tf.data.Dataset.from_tensor_slices((x[:40], y[:40]))
+    test = tf.data.Dataset.from_tensor_slices((x[40:], y[40:])).batch(7)
+    streamed = evaluation.evaluate_frozen(encoder, train, test, k=5, probe_epochs=2, verbose=0)
+    assert streamed == arrays
+    with pytest.raises(ValueError, match="without labels"):
+        evaluation.evaluate_frozen(encoder, train.map(lambda a, b: a), test, k=5, probe_epochs=0, verbose=0)

@@ -422,3 +422,112 @@ def test_bad_input_gets_one_line_not_a_traceback(tmp_path, flags, status, line):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == status, proc.stderr[-2000:]
     assert line in proc.stderr and "Traceback" not in proc.stderr
+
+
+def write_jpeg_folder(root, count, classes=3, seed=0):
+    """`count` JPEGs of varied sizes (60-140 pixels a side) in `classes` class folders, written fast: 16 smooth
+    images per class are encoded once and their bytes repeated under new names (a few KB each)."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for c in range(classes):
+        variants = []
+        for _ in range(16):
+            h, w = rng.integers(60, 141, 2)
+            ramp = np.linspace(0, 1, w)[None, :, None] * np.linspace(0.5, 1, h)[:, None, None]
+            colour = np.eye(3)[c % 3] * 180 + 40
+            image = (ramp * colour + rng.normal(0, 4, (h, w, 3))).clip(0, 255).astype("uint8")
+            variants.append(tf.io.encode_jpeg(image, quality=90).numpy())
+        encoded.append(variants)
+        os.makedirs(root / f"class_{c}", exist_ok=True)
+    for i in range(count):
+        c = i % classes
+        with open(root / f"class_{c}" / f"img_{i:06d}.jpg", "wb") as f:
+            f.write(encoded[c][(i // classes) % 16])
+    return root
+
+
+# Runs a recipe in this process after making `kc.data.load_arrays` fail, then prints the peak RSS in MB.
+MEASURED_RUN = """
+import resource, runpy, sys
+sys.path.insert(0, {recipes!r})
+import keras_contrastive as kc
+def refuse(*args, **kwargs):
+    raise AssertionError("load_arrays called: a split was materialized in memory")
+kc.data.load_arrays = refuse
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def run_measured(recipe, *flags):
+    argv = [os.path.join(ROOT, "recipes", f"{recipe}.py"), *[str(f) for f in flags]]
+    code = MEASURED_RUN.format(recipes=os.path.join(ROOT, "recipes"), argv=argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = float(proc.stdout.rsplit("peak_rss_mb", 1)[1])
+    return proc.stdout, peak
+
+
+@pytest.mark.slow
+def test_a_recipe_streams_a_jpeg_folder_in_memory_that_does_not_grow_with_it(tmp_path):
+    """Issue 11: a folder of 2,000 and one of 20,000 JPEGs of varied sizes train, evaluate (kNN over the whole
+    training folder) and export with peak RSS within 200 MB of each other, never building an array of the
+    dataset (`load_arrays` is made to fail). Decoded, the 18,000 extra images alone would take about 600 MB."""
+    evaluation = write_jpeg_folder(tmp_path / "eval", 150, seed=1)
+    peaks, outputs = {}, {}
+    for count in (2_000, 20_000):
+        folder = write_jpeg_folder(tmp_path / f"train_{count}", count)
+        flags = ["--dataset", folder, "--eval_dataset", evaluation, "--image_size", "32", "--augment", "cifar"]
+        flags += ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "32", "--width_multiplier", "0.125"]
+        flags += ["--linear_probe_epochs", "0", "--knn_k", "20", "--verbose", "0"]
+        flags += ["--model_dir", tmp_path / f"run_{count}", "--export_dir", tmp_path / f"export_{count}"]
+        outputs[count], peaks[count] = run_measured("simclr", *flags)
+        results = json.loads((tmp_path / f"run_{count}" / "results.json").read_text())
+        # Three colours, one per class: the kNN over the whole training folder finds them.
+        assert results["knn_accuracy"] > 0.9, outputs[count]
+        assert os.path.isdir(results["export_path"])
+    assert abs(peaks[20_000] - peaks[2_000]) < 200, peaks
+
+
+def test_a_folder_without_an_evaluation_folder_stops_before_training(tmp_path):
+    folder = write_jpeg_folder(tmp_path / "images", 12)
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "simclr.py"), "--dataset", str(folder)]
+    proc = subprocess.run([*cmd, "--model_dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "is a folder, which has one split (train): name a folder of evaluation images with --eval_dataset" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and "Strategy:" in proc.stdout and "Epoch" not in proc.stdout
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "mocov3"])
+def test_folders_are_cropped_per_image_at_full_resolution_and_fashion_mnist_in_batches(tmp_path, recipe):
+    """Folders and tfds datasets stream encoded files and crop each at its own size (`TrainData.crop`, with the
+    recipe's crop area); the augmenters then keep the whole crop. Fashion-MNIST's local files are cropped in
+    batches by the augmenter, as before."""
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import importlib
+
+    import common
+
+    module = importlib.import_module(recipe)
+    folder = write_jpeg_folder(tmp_path / "images", 9)
+    args = common.parse_args(module.build_parser(), ["--dataset", folder, "--eval_dataset", folder])
+    data = common.train_data(args)
+    assert data.dataset.element_spec[0].dtype == tf.string  # still encoded: only the crop is decoded
+    assert (data.num_examples, data.num_classes, data.image_shape) == (9, 3, (args.image_size, args.image_size, 3))
+    assert data.crop.size == (args.image_size,) * 2 and data.crop.area == (args.crop_min or 0.2, 1.0)
+    if recipe == "mocov3":
+        augmenters = module.view_augmenters(args, channels=3, crop=data.crop)
+    else:
+        augmenters = [common.augmenter(args, crop=data.crop)]
+    assert all(a.keeps_whole_image for a in augmenters)
+    views = next(iter(common.kc.data.contrastive_views(data.dataset, augmenters[0], 4, crop=data.crop)))[0]
+    assert views.shape == (4, 2, args.image_size, args.image_size, 3)
+    bank = common.eval_data(args, bank=True)
+    assert bank.element_spec[0].shape == (args.image_size, args.image_size, 3)
+
+    local = common.train_data(common.parse_args(module.build_parser(), ["--max_train_examples", "100"]))
+    assert local.crop is None and local.dataset.element_spec[0].dtype == tf.uint8 and local.num_examples == 100
+    assert local.num_classes == 10
