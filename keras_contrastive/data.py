@@ -61,6 +61,7 @@ def load(
     subset=None,
     decode=True,
     crop_fraction=None,
+    input_context=None,
 ):
     """Loads an image dataset as an unbatched `tf.data.Dataset`.
 
@@ -135,6 +136,14 @@ def load(
             (`kc.crops.center_crop`; ImageNet's resize 256 + crop 224 is
             0.875), instead of padding or stretching the whole image.
             Defaults to None.
+        input_context: `tf.distribute.InputContext` or None. This input
+            pipeline's share only (`distribute_datasets_from_function`
+            passes one per worker): folders, arrays and Fashion-MNIST keep
+            every `num_input_pipelines`-th example from `input_pipeline_id`
+            on, so each worker reads and decodes only its own files; tfds
+            datasets are sharded by tfds itself, by file
+            (`tfds.ReadConfig(input_context=...)`). The shards are disjoint
+            and together the whole split. Defaults to None (everything).
 
     Returns:
         An unbatched `tf.data.Dataset` yielding `(image, label)`, with
@@ -178,6 +187,7 @@ def load(
         if ids is not None:
             index = _subset_indices(ids, len(x))
             x, y = x[index], None if y is None else y[index]
+        x, y = _shard(x, input_context), _shard(y, input_context)
         dataset = _dataset_from_arrays(x, y if labels else None)
     elif isinstance(name, os.PathLike) or (isinstance(name, str) and tf.io.gfile.isdir(name)):
         dataset = _load_directory(
@@ -188,6 +198,7 @@ def load(
             same_size=image_size is None,
             subset=ids,
             decode=decode,
+            input_context=input_context,
         )
     elif isinstance(name, str) and name.startswith(("/", ".", "~")):
         # A path, and not an existing folder: tfds would answer with its help
@@ -198,7 +209,15 @@ def load(
             "from `tfds.list_builders()`."
         )
     elif isinstance(name, str) and name in LOCAL_SOURCES:
-        dataset = _load_local(name, split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=ids)
+        dataset = _load_local(
+            name,
+            split,
+            labels=labels,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+            subset=ids,
+            input_context=input_context,
+        )
     elif isinstance(name, str):
         dataset = _load_tfds(
             name,
@@ -208,6 +227,7 @@ def load(
             shuffle_files=shuffle_files,
             subset=ids,
             decode=decode,
+            input_context=input_context,
         )
     else:
         raise ValueError(
@@ -422,6 +442,7 @@ def contrastive_views(
     start_batch=0,
     crop=None,
     data_service=None,
+    input_context=None,
 ):
     """Batches a dataset and draws several augmented views of each image.
 
@@ -501,6 +522,15 @@ def contrastive_views(
             share, so the batches (and their seeds) are not the local
             pipeline's and do not repeat from run to run. Defaults to None
             (on this host).
+        input_context: `tf.distribute.InputContext` or None. For
+            `strategy.distribute_datasets_from_function`: `dataset` is this
+            pipeline's shard (`load(..., input_context=...)`), `batch_size`
+            stays the global batch and each batch holds one replica's share
+            (`input_context.get_per_replica_batch_size`), and the batch and
+            crop keys come from a stream of this pipeline's own, so no two
+            workers draw the same views. The global batch is then made of
+            every worker's own examples, not the one a single pipeline would
+            make. Defaults to None.
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
@@ -525,6 +555,16 @@ def contrastive_views(
     if shuffle_buffer is not None:
         shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, minimum=1)
     start_batch = _check_int("start_batch", start_batch, minimum=0)
+    # Seeds of this input pipeline's key streams: its own when there are several (2**33 apart).
+    pipeline_seed = seed
+    if input_context is not None:
+        if batch_size % input_context.num_replicas_in_sync:
+            raise ValueError(
+                f"The global batch_size={batch_size} does not split evenly over "
+                f"{input_context.num_replicas_in_sync} replicas; use a multiple of it."
+            )
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        pipeline_seed = seed + input_context.input_pipeline_id * 2**33
     if isinstance(augmenter, (list, tuple)):
         augmenters = list(augmenter)
         if len(augmenters) != num_views:
@@ -585,7 +625,7 @@ def contrastive_views(
     if crop is not None:
         # Per image, before batching: images of any size (or encoded) become
         # `num_views` crops of one size. Keys of their own, re-drawn each pass.
-        element_keys = tf.data.Dataset.random(seed=seed + 2**32, rerandomize_each_iteration=True).map(
+        element_keys = tf.data.Dataset.random(seed=pipeline_seed + 2**32, rerandomize_each_iteration=True).map(
             lambda r: tf.cast(r % (2**31 - 1), tf.int32)
         )
 
@@ -640,7 +680,7 @@ def contrastive_views(
 
     # One random key per batch, re-drawn on every pass over the data (each
     # epoch), yet the same sequence for the same seed.
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(
+    keys = tf.data.Dataset.random(seed=pipeline_seed, rerandomize_each_iteration=True).map(
         lambda r: tf.cast(r % (2**31 - 1), tf.int32)
     )
     dataset = tf.data.Dataset.zip((keys, dataset))
@@ -878,7 +918,7 @@ def _read_local(name, split, data_dir):
     return np.array(x[start:stop], copy=True), y[start:stop].astype(np.int32)
 
 
-def _load_local(name, split, labels, data_dir, shuffle_files, subset=None):
+def _load_local(name, split, labels, data_dir, shuffle_files, subset=None, input_context=None):
     """A local source's files if present, else the tfds dataset of the same name."""
     source = LOCAL_SOURCES[name]
     _parse_split(split, source.SPLITS)
@@ -888,9 +928,17 @@ def _load_local(name, split, labels, data_dir, shuffle_files, subset=None):
         if subset is not None:
             index = _subset_indices(subset, len(x))
             x, y = x[index], y[index]
-        return _dataset_from_arrays(x, y if labels else None)
+        return _dataset_from_arrays(_shard(x, input_context), _shard(y, input_context) if labels else None)
     try:
-        return _load_tfds(name, split, labels=labels, data_dir=data_dir, shuffle_files=shuffle_files, subset=subset)
+        return _load_tfds(
+            name,
+            split,
+            labels=labels,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+            subset=subset,
+            input_context=input_context,
+        )
     except FileNotFoundError as error:
         tfds_dir = data_dir if data_dir is not None else "tfds' default data_dir"
         raise FileNotFoundError(source.missing_message(split, data_dir, tfds_dir, error.__cause__ or error)) from error
@@ -900,7 +948,7 @@ def _load_local(name, split, labels, data_dir, shuffle_files, subset=None):
 # TensorFlow Datasets.
 
 
-def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None, decode=True):
+def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None, decode=True, input_context=None):
     # Imported here: tensorflow_datasets is slow to import and not needed
     # for local files and arrays.
     import tensorflow_datasets as tfds
@@ -908,7 +956,16 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None, decode
 
     try:
         decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
-        dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle_files, decoders=decoders)
+        # Sharded by tfds, by file: each input pipeline reads only its own files.
+        read_config = None if input_context is None else tfds.ReadConfig(input_context=input_context)
+        dataset = tfds.load(
+            name,
+            split=split,
+            data_dir=data_dir,
+            shuffle_files=shuffle_files,
+            decoders=decoders,
+            read_config=read_config,
+        )
     except registered.DatasetNotFoundError as error:
         raise FileNotFoundError(
             f"{name!r} is neither an existing directory nor a tfds dataset "
@@ -961,6 +1018,13 @@ def _load_tfds(name, split, labels, data_dir, shuffle_files, subset=None, decode
 
 # --------------------------------------------------------------------------
 # Folders of image files.
+
+
+def _shard(items, input_context):
+    """Every `num_input_pipelines`-th item from `input_pipeline_id` on (all items without a context)."""
+    if items is None or input_context is None:
+        return items
+    return items[input_context.input_pipeline_id :: input_context.num_input_pipelines]
 
 
 def _is_image_name(name):
@@ -1019,8 +1083,11 @@ def _list_directory(root, split, subset=None):
     return files, file_labels
 
 
-def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, decode=True):
+def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, decode=True, input_context=None):
     files, file_labels = _list_directory(root, split, subset)
+    files, file_labels = _shard(files, input_context), _shard(file_labels, input_context)
+    if not files:
+        raise ValueError(f"Input pipeline {input_context.input_pipeline_id} gets none of the {root!r} files.")
 
     # The first file fixes the channel count (so elements have a static
     # shape) and the reference size other files are checked against.

@@ -115,6 +115,15 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         "ImageNet's JPEGs at the default); a constant, so memory does not grow with the dataset",
     )
     p.add_argument(
+        "--shard_input",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="each worker (input pipeline) reads, crops and augments only its own share of the training files, "
+        "through strategy.distribute_datasets_from_function (for several hosts or a TPU pod that are input-bound); "
+        "off: every worker runs the whole pipeline and keeps its part of each global batch, so N workers compute "
+        "exactly what one does",
+    )
+    p.add_argument(
         "--eval_dataset",
         default=None,
         help="where the evaluation split comes from (default: --dataset; a folder has one split, so name a second "
@@ -344,6 +353,26 @@ def _decoded_channels(dataset):
     return {1: 1, 2: 1, 3: 3, 4: 3}[int(tf.io.decode_image(image, expand_animations=False).shape[-1])]
 
 
+def _training_split(args, split, subset=None, input_context=None):
+    """`(dataset, channels, crop)` of the training split (this input pipeline's shard under `input_context`)."""
+    if full_resolution(args.dataset):
+        dataset = kc.data.load(args.dataset, split, subset=subset, decode=False, input_context=input_context)
+        channels = args.channels or _decoded_channels(dataset)
+        area, aspect_ratio = crop_geometry(args)
+        crop = kc.crops.RandomResizedCrop(args.image_size, area=area, aspect_ratio=aspect_ratio, channels=channels)
+        return dataset, channels, crop
+    dataset = kc.data.load(
+        args.dataset,
+        split,
+        image_size=args.image_size,
+        channels=args.channels or None,
+        subset=subset,
+        input_context=input_context,
+    )
+    spec = dataset.element_spec
+    return dataset, (spec[0] if isinstance(spec, tuple) else spec).shape[-1], None
+
+
 def train_data(args, subset=None):
     """The training split, streamed (never held in memory): see `TrainData`.
 
@@ -353,18 +382,7 @@ def train_data(args, subset=None):
     eval_splits(args)
     split = train_split(args)
     with data_errors(args.dataset, split):
-        if full_resolution(args.dataset):
-            dataset = kc.data.load(args.dataset, split, subset=subset, decode=False)
-            channels = args.channels or _decoded_channels(dataset)
-            area, aspect_ratio = crop_geometry(args)
-            crop = kc.crops.RandomResizedCrop(args.image_size, area=area, aspect_ratio=aspect_ratio, channels=channels)
-        else:
-            dataset = kc.data.load(
-                args.dataset, split, image_size=args.image_size, channels=args.channels or None, subset=subset
-            )
-            spec = dataset.element_spec
-            channels = (spec[0] if isinstance(spec, tuple) else spec).shape[-1]
-            crop = None
+        dataset, channels, crop = _training_split(args, split, subset)
         num_classes = kc.data.num_classes(args.dataset) if isinstance(dataset.element_spec, tuple) else None
         num_examples = kc.data.num_examples(dataset)
     return TrainData(dataset, num_examples, num_classes, (args.image_size, args.image_size, channels), crop)
@@ -517,29 +535,60 @@ def float32_after_training(args, model):
     return model
 
 
-def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, dataset=None):
+def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, stream=None):
     """Trains a contrastive trainer on augmented views of `data` (`TrainData`), resuming a killed run.
 
     The views pipeline starts at the step of the last backup, so that a run
     started again with the same command continues with the batches the
     killed one would have seen next; TensorBoard's sample views come from a
-    pipeline of their own (see `fit`). `dataset` replaces `data.dataset`
-    (e.g. a class-balanced stream of it).
+    pipeline of their own (see `fit`). `stream`: a function applied to the
+    training dataset first (e.g. a class-balanced stream of it). With
+    `--shard_input`, each input pipeline (worker) builds its views from its
+    own shard (`sharded_views`).
     """
-    dataset = data.dataset if dataset is None else dataset
+    stream = stream or (lambda dataset: dataset)
     backup_callback = backup(args)
-    views = model.views_dataset(
-        dataset,
-        args.batch_size,
+    options = dict(
         shuffle_buffer=min(data.num_examples, args.shuffle_buffer) if shuffle else None,
         seed=args.seed,
         repeat=repeat,
-        start_batch=backup_callback.resume_step,
-        data_service=args.data_service,
         crop=data.crop,
     )
-    samples = model.views_dataset(dataset, 8, seed=args.seed, crop=data.crop)
+    if args.shard_input:
+        views = sharded_views(args, model, stream, backup_callback.resume_step, **options)
+    else:
+        views = model.views_dataset(
+            stream(data.dataset),
+            args.batch_size,
+            start_batch=backup_callback.resume_step,
+            data_service=args.data_service,
+            **options,
+        )
+    samples = model.views_dataset(stream(data.dataset), 8, seed=args.seed, crop=data.crop)
     return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
+
+
+def sharded_views(args, model, stream, resume_step, **options):
+    """A distributed dataset in which every input pipeline (worker, TPU host) reads, crops and augments only its
+    own shard of the training split: `strategy.distribute_datasets_from_function` with the `InputContext` it
+    gives each pipeline, TensorFlow's own per-worker input. Each pipeline batches per replica and starts
+    `resume_step` steps in (its replicas' batches of each step)."""
+    if args.data_service:
+        raise SystemExit("--shard_input and --data_service both split the input: choose one.")
+    strategy = model.distribute_strategy
+
+    def pipeline(input_context):
+        dataset, _, _ = _training_split(args, train_split(args), input_context=input_context)
+        replicas_here = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        return model.views_dataset(
+            stream(dataset),
+            args.batch_size,
+            input_context=input_context,
+            start_batch=resume_step * replicas_here,
+            **options,
+        )
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def evaluate_frozen(args, encoder, labelled=True):

@@ -52,12 +52,14 @@ def main(argv=None):
     data = common.train_data(args)
     if data.num_classes is None:
         raise SystemExit(f"SupCon needs labels and {args.dataset} has none: use recipes/simclr.py.")
-    train = data.dataset
+    stream = None
     if args.class_balanced:
         frequencies = np.bincount(common.train_labels(args), minlength=data.num_classes)
         if frequencies.min() == 0:
             raise SystemExit(f"--class_balanced: classes {np.flatnonzero(frequencies == 0).tolist()} have no examples.")
-        train = kc.data.class_balanced(train, data.num_classes, seed=args.seed, initial_dist=frequencies)
+
+        def stream(dataset):
+            return kc.data.class_balanced(dataset, data.num_classes, seed=args.seed, initial_dist=frequencies)
 
     # 2. Augmentation: SimCLR-style views, made on the host.
     augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
@@ -89,7 +91,7 @@ def main(argv=None):
         steps_per_epoch,
         shuffle=not args.class_balanced,
         repeat=not args.class_balanced,
-        dataset=train,
+        stream=stream,
     )
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy), in batches.

@@ -39,6 +39,9 @@ def main():
     parser.add_argument(
         "--deterministic", action="store_true", help="op determinism, one intra-op and one inter-op thread"
     )
+    parser.add_argument(
+        "--record_shards", default=None, help="write the input contexts kc.data.load is called with to this JSON file"
+    )
     own = parser.parse_args(argv[:split])
     recipe_argv = argv[split + 1 :]
 
@@ -53,6 +56,22 @@ def main():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * own.logical_cpus)
         devices = [f"/cpu:{i}" for i in range(own.logical_cpus)]
         kc.distribute.strategy = lambda *args, **kwargs: tf.distribute.MirroredStrategy(devices)
+
+    if own.record_shards:
+        import json
+
+        load, shards = kc.data.load, []
+
+        def recording_load(*args, input_context=None, **kwargs):
+            dataset = load(*args, input_context=input_context, **kwargs)
+            if input_context is not None:
+                count = int(dataset.cardinality())
+                shards.append([input_context.input_pipeline_id, input_context.num_input_pipelines, count])
+                with open(own.record_shards, "w") as f:
+                    json.dump(shards, f)
+            return dataset
+
+        kc.data.load = recording_load
 
     trained = {}
     fit = common.fit

@@ -821,3 +821,80 @@ def test_crop_fraction_is_the_evaluation_center_crop_at_full_resolution(tmp_path
         data.load(tmp_path, crop_fraction=0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         data.load(tmp_path, image_size=8, crop_fraction=1.5)
+
+
+def _contexts(n, replicas=None):
+    return [tf.distribute.InputContext(n, i, replicas or n) for i in range(n)]
+
+
+def test_each_input_pipeline_loads_a_disjoint_shard_and_together_the_whole_split(tmp_path):
+    """Issue 11: under `distribute_datasets_from_function` each worker reads its own shard. Folders (by file),
+    arrays and Fashion-MNIST: disjoint shards whose union is the split; a folder's worker never opens the
+    other's files."""
+    images = _class_folder(tmp_path / "f", [[(3, 3)] * 4, [(3, 3)] * 3])
+    whole = [(x.tobytes(), int(y)) for x, y in data.load(tmp_path / "f").as_numpy_iterator()]
+    shards = [
+        [(x.tobytes(), int(y)) for x, y in data.load(tmp_path / "f", input_context=c).as_numpy_iterator()]
+        for c in _contexts(2)
+    ]
+    assert [len(s) for s in shards] == [4, 3]
+    assert sorted(shards[0] + shards[1]) == sorted(whole) and not set(shards[0]) & set(shards[1])
+    # Pipeline 1 of 2 never reads file 0: corrupt it and pipeline 1 still loads.
+    (tmp_path / "f" / "c0" / "0.png").write_bytes(b"broken")
+    assert len(list(data.load(tmp_path / "f", input_context=_contexts(2)[1]))) == 3
+    assert len(images) == 7
+
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    parts = [[int(v[0, 0, 0]) for v, _ in data.load((x, np.arange(10)), input_context=c)] for c in _contexts(3)]
+    assert sorted(sum(parts, [])) == list(range(10)) and parts[0] == [0, 3, 6, 9]
+    labels = [
+        np.concatenate([y for _, y in data.load("fashion_mnist", "test", input_context=c).batch(5000)])
+        for c in _contexts(2)
+    ]
+    np.testing.assert_array_equal(labels[0], data.load_labels("fashion_mnist", "test")[0::2])
+    np.testing.assert_array_equal(labels[1], data.load_labels("fashion_mnist", "test")[1::2])
+
+
+def test_a_tfds_dataset_is_sharded_by_tfds_per_input_pipeline(monkeypatch):
+    """tfds shards by file itself (`ReadConfig(input_context=...)`): the context reaches `tfds.load`."""
+    import tensorflow_datasets as tfds
+
+    seen = []
+    load = tfds.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("read_config"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(tfds, "load", spy)
+    context = _contexts(2)[1]
+    with tfds.testing.mock_data(num_examples=4):
+        data.load("imagenet2012", "validation", input_context=context, decode=False)
+        data.load("imagenet2012", "validation")
+    assert seen[0].input_context is context and seen[1] is None
+
+
+def test_views_of_each_input_pipeline_batch_per_replica_with_keys_of_their_own():
+    """With an `InputContext` the batch is one replica's share of the global batch, and two pipelines draw
+    different views of the same images; over one pass the pipelines' shards hold every example once."""
+    x = np.arange(16, dtype=np.uint8).reshape(16, 1, 1, 1) * 10
+    y = np.arange(16, dtype=np.int32)
+    one_pipeline, two = _contexts(1, replicas=2)[0], _contexts(2, replicas=4)
+    batches = list(data.contrastive_views(data.load((x, y)), key_augmenter, 8, input_context=one_pipeline))
+    assert [b[0].shape[0] for b in batches] == [4, 4, 4, 4]  # global 8 over 2 replicas
+    seen = []
+    for context in two:
+        views = data.contrastive_views(
+            data.load((x, y), input_context=context), key_augmenter, 8, input_context=context
+        )
+        out = list(views)
+        assert [b[0].shape[0] for b in out] == [2, 2, 2, 2]  # global 8 over 4 replicas
+        seen.append((np.concatenate([b[1] for b in out]), out[0][0].numpy()))
+    assert sorted(np.concatenate([s[0] for s in seen]).tolist()) == list(range(16))
+    same_images = data.contrastive_views(data.load((x, y)), key_augmenter, 8, input_context=two[1])
+    assert not np.array_equal(
+        next(iter(same_images))[0].numpy(),
+        next(iter(data.contrastive_views(data.load((x, y)), key_augmenter, 8, input_context=two[0])))[0].numpy(),
+    )
+    with pytest.raises(ValueError, match="does not split evenly over 4 replicas"):
+        data.contrastive_views(data.load((x, y)), key_augmenter, 6, input_context=two[0])

@@ -138,6 +138,24 @@ def test_two_workers_train_like_two_local_replicas_and_only_the_chief_writes(tmp
 
 
 @pytest.mark.slow
+def test_two_workers_read_only_their_own_shards_with_shard_input(tmp_path):
+    """`--shard_input`: each worker's input pipeline loads only its half of the training split
+    (`distribute_datasets_from_function` hands each its `InputContext`), and the two still train as one model."""
+    flags = [["--record_shards", str(tmp_path / f"shards{i}.json")] for i in range(2)]
+    procs = start_workers(tmp_path, runner_flags=flags, recipe_flags=["--shard_input", "--no_export"])
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index)
+    for index in range(2):
+        shards = json.loads((tmp_path / f"shards{index}.json").read_text())
+        assert shards and all(s == [index, 2, 256] for s in shards), shards  # 512 examples, half each
+    chief, worker = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert int(chief["optimizer_iterations"]) == 6
+    for name in chief.files:
+        np.testing.assert_array_equal(worker[name], chief[name], err_msg=name)
+    assert json.loads((tmp_path / "run0" / "results.json").read_text())["knn_accuracy"] > LEARNED
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dies", [0, 1])
 def test_when_a_worker_dies_the_other_fails_instead_of_hanging(tmp_path, dies):
     flags = [[], []]
