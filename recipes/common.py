@@ -66,6 +66,12 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         "--encoder", default="resnet18", choices=["resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"]
     )
     p.add_argument("--patch_size", type=at_least(1), default=4, help="ViT patch size (16 for 224x224 images)")
+    p.add_argument("--vit_depth", type=at_least(1), default=12, help="ViT blocks (12 in every published size)")
+    p.add_argument(
+        "--jit_compile",
+        action="store_true",
+        help="compile the training step with XLA (what a TPU runs: static shapes, no host round trips)",
+    )
     p.add_argument("--model_dir", default=f"runs/{name}")
     p.add_argument("--export_dir", default=f"saved_models/{name}")
     p.add_argument("--seed", type=int, default=0)
@@ -132,7 +138,8 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
     p.add_argument(
         "--eval_split",
         default=None,
-        help="default: test, or validation for datasets without one (imagenet2012); train for an --eval_dataset folder",
+        help="default: test, or validation for datasets without one and for imagenet2012 (whose test images have no "
+        "labels); train for an --eval_dataset folder",
     )
     p.add_argument(
         "--eval_crop_fraction",
@@ -395,6 +402,11 @@ def train_labels(args):
         return kc.data.load_labels(args.dataset, split)
 
 
+#: tfds datasets evaluated on `validation` although they have a `test` split: ImageNet's test images carry no
+#: labels (-1 in tfds), so every ImageNet paper reports the validation split.
+VALIDATION_EVALUATED = ("imagenet2012", "imagenet2012_subset", "imagenet2012_real", "imagenet2012_multilabel")
+
+
 def eval_splits(args):
     """The evaluation splits to try in order; a folder as --dataset without --eval_dataset ends the run here
     (recipes call this before training, so the run does not fail after it)."""
@@ -410,7 +422,10 @@ def eval_splits(args):
                 "images with --eval_dataset, or pass --no_eval."
             )
         return ["train"]
-    return ["test", "validation"]  # imagenet2012 has no test split
+    base = name.split(":")[0].split("/")[0]
+    if base in VALIDATION_EVALUATED:
+        return ["validation"]
+    return ["test", "validation"]
 
 
 def eval_data(args, bank=False):
@@ -426,16 +441,20 @@ def eval_data(args, bank=False):
     for i, split in enumerate(candidates):
         try:
             with data_errors(name, split):
-                return kc.data.load(name, split, **kwargs)
+                dataset = kc.data.load(name, split, **kwargs)
         except SystemExit:
             if i == len(candidates) - 1:
                 raise
+            continue
+        if not bank:
+            print(f"Evaluation split: {name} {split}.")
+        return dataset
 
 
 def build_encoder(args, image_shape):
     if args.encoder.startswith("vit"):
         build = {"vit_tiny": kc.encoders.ViTTiny, "vit_small": kc.encoders.ViTSmall, "vit_base": kc.encoders.ViTBase}
-        return build[args.encoder](tuple(image_shape), patch_size=args.patch_size)
+        return build[args.encoder](tuple(image_shape), patch_size=args.patch_size, depth=args.vit_depth)
     build = {"resnet18": kc.encoders.ResNet18, "resnet50": kc.encoders.ResNet50}[args.encoder]
     return build(
         image_shape, stem=args.stem, width_multiplier=args.width_multiplier, zero_init_residual=args.zero_init_residual

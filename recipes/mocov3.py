@@ -96,7 +96,10 @@ def main(argv=None):
         )
 
         # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.
-        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+        model.compile(
+            optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]),
+            jit_compile=args.jit_compile,
+        )
 
     # 5. Train on shuffled, repeated views (a killed run started again resumes where it stopped).
     common.fit_views(args, model, data, steps_per_epoch)

@@ -89,7 +89,10 @@ def main(argv=None):
 
         # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.
         steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
-        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+        model.compile(
+            optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]),
+            jit_compile=args.jit_compile,
+        )
 
     # 5. Train on shuffled, repeated views with a static batch size, with logs, view pairs,
     #    checkpoints and backups (a killed run started again resumes where it stopped).

@@ -81,7 +81,10 @@ def main(argv=None):
             concatenate_views=not args.per_view_bn,
         )
         steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
-        model.compile(optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]))
+        model.compile(
+            optimizer=common.schedule_and_optimizer(args, steps_per_epoch, exclude_names=["online_probe"]),
+            jit_compile=args.jit_compile,
+        )
 
     # Train (a killed run started again resumes where it stopped).
     common.fit_views(

@@ -72,6 +72,7 @@ def main(argv=None):
             optimizer=common.schedule_and_optimizer(args, steps_per_epoch),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            jit_compile=args.jit_compile,
         )
     classifier.fit(
         views,

@@ -42,6 +42,9 @@ def main():
     parser.add_argument(
         "--record_shards", default=None, help="write the input contexts kc.data.load is called with to this JSON file"
     )
+    parser.add_argument(
+        "--mock_tfds", type=int, default=0, help="run under tfds.testing.mock_data with N examples per split"
+    )
     own = parser.parse_args(argv[:split])
     recipe_argv = argv[split + 1 :]
 
@@ -105,11 +108,18 @@ def main():
     callbacks = common.callbacks
     common.callbacks = lambda *args, **kwargs: callbacks(*args, **kwargs) + extra
     module = __import__(own.recipe)
-    module.main(recipe_argv)
+    if own.mock_tfds:
+        import tensorflow_datasets as tfds
+
+        with tfds.testing.mock_data(num_examples=own.mock_tfds):
+            module.main(recipe_argv)
+    else:
+        module.main(recipe_argv)
     model = trained["model"]
     arrays = {f"{i:04d}_{v.path}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
     arrays["optimizer_iterations"] = np.asarray(model.optimizer.iterations.numpy())
     arrays["batches_run"] = np.asarray(counter.batches)
+    arrays["jit_compile"] = np.asarray(bool(model.jit_compile))
     np.savez(own.weights_path, **arrays)
 
 

@@ -531,3 +531,87 @@ def test_folders_are_cropped_per_image_at_full_resolution_and_fashion_mnist_in_b
     local = common.train_data(common.parse_args(module.build_parser(), ["--max_train_examples", "100"]))
     assert local.crop is None and local.dataset.element_spec[0].dtype == tf.uint8 and local.num_examples == 100
     assert local.num_classes == 10
+
+
+def real_jpeg_folder(root, per_class=6, seed=0):
+    """Real photographs (scikit-learn's two sample JPEGs, 427x640) as two classes of JPEGs of mixed sizes: the
+    file itself and random crops of it from 160 to 427 pixels a side, re-encoded."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    sample = load_sample_images()
+    for photo, name in zip(sample.images, sample.filenames):
+        folder = root / os.path.splitext(os.path.basename(name))[0]
+        folder.mkdir(parents=True)
+        (folder / "whole.jpg").write_bytes(open(name, "rb").read())
+        for i in range(per_class - 1):
+            h, w = rng.integers(160, 428, 2)
+            top, left = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
+            crop = np.ascontiguousarray(photo[top : top + h, left : left + w])
+            (folder / f"crop_{i}.jpg").write_bytes(tf.io.encode_jpeg(crop, quality=90).numpy())
+    return root
+
+
+# The README's ImageNet command, scaled down only in its data and widths (issue 11): 224x224, the ImageNet stem,
+# the imagenet augmentation preset (with blur), LARS, the v2 head.
+IMAGENET_SIMCLR = [
+    "--image_size", "224", "--encoder", "resnet50", "--stem", "imagenet", "--width_multiplier", "0.0625",
+    "--augment", "imagenet", "--optimizer", "lars", "--learning_rate", "0.3", "--weight_decay", "1e-6",
+    "--temperature", "0.1", "--head", "v2", "--no-per_view_bn",
+]  # fmt: skip
+# recipes/mocov3.py's ViT-Small command, one block deep.
+IMAGENET_MOCOV3 = [
+    "--image_size", "224", "--encoder", "vit_small", "--vit_depth", "1", "--patch_size", "16",
+    "--optimizer", "adamw", "--learning_rate", "1.5e-4", "--weight_decay", "0.1", "--temperature", "0.2",
+    "--augment_blur", "--crop_min", "0.08", "--hidden_dim", "64", "--projection_dim", "32",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, recipe, how",
+    [
+        ("imagenet2012", "simclr", "2 replicas"),
+        ("imagenet2012", "simclr", "jit"),
+        ("folder", "mocov3", "2 replicas"),
+        ("folder", "mocov3", "jit"),
+    ],
+)
+def test_the_imagenet_recipes_run_at_224_through_tfds_and_a_folder_of_real_jpegs(tmp_path, source, recipe, how):
+    """Issue 11: `--dataset imagenet2012` through the real `tfds.load` path (on tfds' mock data) with ResNet-50,
+    and a folder of real JPEGs of mixed sizes with ViT-Small, train a few steps at 224x224 on 2 replicas
+    (MirroredStrategy over logical CPUs) and under `jit_compile=True`, then evaluate by kNN and export a
+    SavedModel that serves 224x224 uint8 images. (XLA cannot run on logical CPU devices of one host:
+    "Trying to access resource ... located in device CPU:1 from device CPU:0", XLA's known issue with
+    variables on another device; so 2 replicas and jit are two runs here, as a TPU would run them together.)"""
+    flags = ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "8", "--knn_k", "5"]
+    flags += ["--linear_probe_epochs", "0", "--verbose", "0"] + (
+        IMAGENET_SIMCLR if recipe == "simclr" else IMAGENET_MOCOV3
+    )
+    runner = []
+    if source == "imagenet2012":
+        flags += ["--dataset", "imagenet2012"]
+        runner += ["--mock_tfds", "16"]
+    else:
+        folder = real_jpeg_folder(tmp_path / "photos")
+        flags += ["--dataset", folder, "--eval_dataset", folder]
+    if how == "jit":
+        flags += ["--jit_compile"]
+    else:
+        runner += ["--logical_cpus", "2"]
+        flags += ["--strategy", "mirrored"]
+    npz = tmp_path / "weights.npz"
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "recipe_runner.py"), recipe, str(npz), *runner, "--"]
+    cmd += [str(f) for f in flags] + ["--model_dir", str(tmp_path / "run"), "--export_dir", str(tmp_path / "export")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("2 replica(s)" in proc.stdout) == (how == "2 replicas")
+    weights = np.load(npz)
+    assert int(weights["optimizer_iterations"]) == 2 and bool(weights["jit_compile"]) == (how == "jit")
+    evaluated = "Evaluation split: imagenet2012 validation." if source == "imagenet2012" else "photos train."
+    assert evaluated in proc.stdout  # imagenet2012 has no test split
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0.0 <= results["knn_accuracy"] <= 1.0
+    served = tf.saved_model.load(results["export_path"]).signatures["serving_default"]
+    embeddings = served(images=tf.zeros([2, 224, 224, 3], tf.uint8))
+    assert next(iter(embeddings.values())).shape[0] == 2
