@@ -55,10 +55,14 @@ def sample_crop_window(seed, image_shape, area=DEFAULT_AREA, aspect_ratio=DEFAUL
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
+def to_uint8(images):
+    """Float pixel values in [0, 255] (a resize's output) rounded and clipped back to uint8."""
+    return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+
+
 def _resize(crop, size):
     """Bicubic resize (SimCLR's) back to uint8, `[h, w, C]` -> `[size[0], size[1], C]`."""
-    resized = tf.image.resize(tf.cast(crop, tf.float32), size, method="bicubic")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return to_uint8(tf.image.resize(tf.cast(crop, tf.float32), size, method="bicubic"))
 
 
 def random_resized_crop(image, seed, size, area=DEFAULT_AREA, aspect_ratio=DEFAULT_ASPECT_RATIO):

@@ -44,9 +44,6 @@ _BOUND_PATTERN = re.compile(r"^(-?\d+)(%?)$")
 # Chunk size used when a dataset is materialised as numpy arrays: large
 # enough that per-batch overhead is negligible, small enough to stay cheap.
 _ARRAY_BATCH = 1024
-# How far a view may leave [0, 1] before it is refused (float rounding of a
-# resize or blend, not a [0, 255] image).
-_VIEW_TOLERANCE = 0.02
 
 
 def load(
@@ -663,8 +660,8 @@ def contrastive_views(
                 "working in [0, 255], wrap them in keras_contrastive.augment.LayerAugmenter(layers, "
                 "value_range=(0, 255))."
             )
-            tf.debugging.assert_greater_equal(tf.reduce_min(view), -_VIEW_TOLERANCE, message=message)
-            tf.debugging.assert_less_equal(tf.reduce_max(view), 1.0 + _VIEW_TOLERANCE, message=message)
+            tf.debugging.assert_greater_equal(tf.reduce_min(view), -layer_augmenter.RANGE_TOLERANCE, message=message)
+            tf.debugging.assert_less_equal(tf.reduce_max(view), 1.0 + layer_augmenter.RANGE_TOLERANCE, message=message)
             views.append(view)
         shapes = [view.shape for view in views]
         if any(not shape.is_compatible_with(shapes[0]) for shape in shapes):
@@ -1251,10 +1248,6 @@ def balanced_fraction(labels, fraction, seed=0):
 # Post-processing shared by all sources.
 
 
-def _to_uint8(images):
-    return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
-
-
 def _resize_or_pad(images, size):
     """Pads images that fit inside `size` (centred), resizes the others."""
     target_height, target_width = size
@@ -1266,7 +1259,7 @@ def _resize_or_pad(images, size):
         # Antialiasing avoids aliasing when shrinking; for enlarging it is
         # the same as plain bilinear interpolation.
         resized = tf.image.resize(images, size, method="bilinear", antialias=True)
-        return _to_uint8(resized)
+        return crops.to_uint8(resized)
 
     height, width = images.shape[-3], images.shape[-2]
     if height is not None and width is not None:
@@ -1304,7 +1297,7 @@ def _convert_channels(images, channels):
         # ITU-R 601 luma, computed in float and rounded (not truncated).
         weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
         gray = tf.reduce_sum(tf.cast(images, tf.float32) * weights, axis=-1, keepdims=True)
-        return _to_uint8(gray)
+        return crops.to_uint8(gray)
     return images
 
 

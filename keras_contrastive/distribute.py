@@ -274,10 +274,13 @@ class MultiWorkerFit:
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         adapter = getattr(iterator, "data_adapter", None)
         if data_batch is None and adapter is not None and _multi_worker(self.distribute_strategy):
-            zeros = tf.nest.map_structure(
-                lambda spec: tf.zeros([1] + [1 if d is None else d for d in spec.shape[1:]], spec.dtype),
-                adapter.get_tf_dataset().element_spec,
-            )
+
+            def zeros_like(spec):
+                # A dataset from `distribute_datasets_from_function` has one spec per local replica.
+                spec = (getattr(spec, "_value_specs", None) or [spec])[0]
+                return tf.zeros([1] + [1 if d is None else d for d in spec.shape[1:]], spec.dtype)
+
+            zeros = tf.nest.map_structure(zeros_like, adapter.get_tf_dataset().element_spec)
             with self.distribute_strategy.scope():
                 self._symbolic_build(data_batch=zeros)
             return

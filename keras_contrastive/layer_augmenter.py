@@ -53,8 +53,9 @@ import tensorflow as tf
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 # How far a view may leave the declared range before it is an error rather
-# than float rounding (bicubic resizing overshoots a little).
-_RANGE_TOLERANCE = 0.02
+# than float rounding (bicubic resizing overshoots a little); `data` checks
+# views against the same margin.
+RANGE_TOLERANCE = 0.02
 
 
 def _keras_cv():
@@ -284,6 +285,9 @@ class LayerAugmenter(keras.layers.Layer):
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(f"`layer` must be a Keras layer, Sequential, Pipeline or list of layers; got {layer!r}.")
         self.layer = layer
+        # One `tf.function` per keras-cv per-image layer, traced once (not once per eager call); set past Keras'
+        # attribute tracking, which has nothing to save in it.
+        object.__setattr__(self, "_per_image_calls", {})
         self._steps = _flatten(layer)
         if not self._steps:
             raise ValueError(f"`layer` {layer.name!r} holds no layers.")
@@ -327,7 +331,11 @@ class LayerAugmenter(keras.layers.Layer):
             # A `tf.function` so that AutoGraph converts their Python
             # control flow on tensors (`RandomApply`'s `if`), as `tf.data`
             # does; a Keras `train_step` would not, and fail.
-            one_image = tf.function(lambda image, seed: self._swap_and_call(step, image[None], _Draws(seed))[0])
+            if id(step) not in self._per_image_calls:
+                self._per_image_calls[id(step)] = tf.function(
+                    lambda image, seed: self._swap_and_call(step, image[None], _Draws(seed))[0]
+                )
+            one_image = self._per_image_calls[id(step)]
             return tf.map_fn(lambda args: one_image(*args), (x, seeds), fn_output_signature=tf.float32)
         return self._swap_and_call(step, x, draws)
 
@@ -376,8 +384,8 @@ class LayerAugmenter(keras.layers.Layer):
             f"{self.layer.name!r} returned values outside output_range={self.output_range}; tell LayerAugmenter "
             "the range the layers work in (`value_range=` for the input, `output_range=` if the pipeline rescales)"
         )
-        tf.debugging.assert_greater_equal(tf.reduce_min(x), -_RANGE_TOLERANCE, message=message)
-        tf.debugging.assert_less_equal(tf.reduce_max(x), 1.0 + _RANGE_TOLERANCE, message=message)
+        tf.debugging.assert_greater_equal(tf.reduce_min(x), -RANGE_TOLERANCE, message=message)
+        tf.debugging.assert_less_equal(tf.reduce_max(x), 1.0 + RANGE_TOLERANCE, message=message)
         return tf.clip_by_value(x, 0.0, 1.0)
 
     def compute_output_spec(self, images, seed=None):

@@ -574,7 +574,9 @@ def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, str
         crop=data.crop,
     )
     if args.shard_input:
-        views = sharded_views(args, model, stream, backup_callback.resume_step, **options)
+        views = sharded_views(
+            args, model.distribute_strategy, model.views_dataset, stream, backup_callback.resume_step, **options
+        )
     else:
         views = model.views_dataset(
             stream(data.dataset),
@@ -587,19 +589,20 @@ def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, str
     return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
 
 
-def sharded_views(args, model, stream, resume_step, **options):
+def sharded_views(args, strategy, views_dataset, stream, resume_step, **options):
     """A distributed dataset in which every input pipeline (worker, TPU host) reads, crops and augments only its
     own shard of the training split: `strategy.distribute_datasets_from_function` with the `InputContext` it
-    gives each pipeline, TensorFlow's own per-worker input. Each pipeline batches per replica and starts
-    `resume_step` steps in (its replicas' batches of each step)."""
+    gives each pipeline, TensorFlow's own per-worker input. `views_dataset(dataset, batch_size, **options)`
+    makes the views (a trainer's `views_dataset`); each pipeline batches per replica and starts `resume_step`
+    steps in (its replicas' batches of each step)."""
     if args.data_service:
         raise SystemExit("--shard_input and --data_service both split the input: choose one.")
-    strategy = model.distribute_strategy
+    stream = stream or (lambda dataset: dataset)
 
     def pipeline(input_context):
         dataset, _, _ = _training_split(args, train_split(args), input_context=input_context)
         replicas_here = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        return model.views_dataset(
+        return views_dataset(
             stream(dataset),
             args.batch_size,
             input_context=input_context,

@@ -83,6 +83,8 @@ def main(argv=None):
     # SimCLR's fine-tuning rate, 0.05 x batch / 256 (appendix B.5): base 0.1 at the default batch 128.
     parser.set_defaults(learning_rate=0.1, image_size=None, channels=None)
     args = common.parse_args(parser, argv)
+    if args.shard_input:
+        parser.error("--shard_input splits pre-training input; this recipe reads its (small) data on every worker")
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
     # The images at the pretrained encoder's input size and channels unless given (as recipes/linear_eval.py).
     height, _, channels = kc.downstream.load_encoder(args.encoder_path, trainable=False).input_shape[1:]

@@ -34,6 +34,8 @@ def main(argv=None):
     )
     parser.set_defaults(image_size=None, channels=None)
     args = common.parse_args(parser, argv)
+    if args.shard_input:
+        parser.error("--shard_input splits pre-training input; this recipe reads its (small) data on every worker")
     common.start(args)
 
     # 1. The frozen encoder on uint8 images: the served graph of an export, or a .keras file.

@@ -50,17 +50,16 @@ def main(argv=None):
     # 2. One augmented view per image, made on the host with the same augmenter.
     augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
     backup = common.backup(args)  # a killed run resumes from its last backup, data included
-    views = kc.data.contrastive_views(
-        data.dataset,
-        augmenter,
-        args.batch_size,
-        num_views=1,
-        shuffle_buffer=min(data.num_examples, args.shuffle_buffer),
-        seed=args.seed,
-        repeat=True,
-        start_batch=backup.resume_step,
-        crop=data.crop,
-    ).map(lambda v, y: (v[:, 0], y))
+
+    def one_view(dataset, batch_size, **options):
+        views = kc.data.contrastive_views(dataset, augmenter, batch_size, num_views=1, **options)
+        return views.map(lambda v, y: (v[:, 0], y))
+
+    options = dict(shuffle_buffer=min(data.num_examples, args.shuffle_buffer), seed=args.seed, repeat=True)
+    if args.shard_input:  # each worker reads and augments only its own shard
+        views = common.sharded_views(args, strategy, one_view, None, backup.resume_step, crop=data.crop, **options)
+    else:
+        views = one_view(data.dataset, args.batch_size, start_batch=backup.resume_step, crop=data.crop, **options)
 
     # 3. Encoder + linear classifier, cross-entropy.
     with strategy.scope():

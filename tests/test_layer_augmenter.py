@@ -228,3 +228,16 @@ def test_our_augmenters_are_not_wrapped():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(kc.augment.as_augmenter(keras.layers.RandomFlip()), LayerAugmenter)
+
+
+def test_eager_calls_trace_a_per_image_layer_once():
+    """keras-cv's per-image layers run one image at a time in a `tf.function`: kept per layer, so repeated
+    eager calls reuse one trace instead of retracing on every call (as TensorFlow warned)."""
+    augmenter = LayerAugmenter(keras_cv_pipeline())
+    x = images()
+    first = augmenter(x, seed=[1, 2]).numpy()
+    for seed in ([1, 2], [5, 6], [7, 8]):
+        augmenter(x, seed=seed)
+    calls = augmenter._per_image_calls
+    assert len(calls) >= 1 and all(f.experimental_get_tracing_count() == 1 for f in calls.values())
+    np.testing.assert_array_equal(augmenter(x, seed=[1, 2]).numpy(), first)

@@ -134,7 +134,9 @@ def test_supervised_baseline_recipe_end_to_end(tmp_path):
     # 30 steps per epoch, not TINY's 3: after 6 steps at rate 0.3 the classifier's own figure is at chance (0.09-0.10;
     # its BatchNorm moving statistics lag weights that move fast), after 60 it reads 0.52 (0.08 at rate 0, the head
     # untrained); measured 2026-12-02. The frozen encoder's kNN / probe: 0.68 / 0.73.
-    stdout, results, _, export_dir = run_recipe("supervised", tmp_path, "--steps_per_epoch", "30")
+    # --shard_input: the views come through distribute_datasets_from_function (one input pipeline here, so the
+    # same views as without it).
+    stdout, results, _, export_dir = run_recipe("supervised", tmp_path, "--steps_per_epoch", "30", "--shard_input")
     assert "Classifier test accuracy" in stdout and "a short run, 60 steps" in stdout
     assert CLASSIFIED < results["test_accuracy"] <= 1.0
     assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
