@@ -1100,7 +1100,10 @@ def _load_directory(root, split, labels, shuffle_files, same_size, subset=None, 
         known = tf.reduce_any(
             [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic in _IMAGE_SIGNATURES]
         )
-        tf.debugging.Assert(known, ["Not a JPEG, PNG, GIF or BMP image (remove it from the folder):", path])
+        check = tf.debugging.Assert(known, ["Not a JPEG, PNG, GIF or BMP image (remove it from the folder):", path])
+        # The decode waits for the check: otherwise it may fail first, with an error that names no file.
+        with tf.control_dependencies([check]):
+            contents = tf.identity(contents)
         if not decode:
             return contents
         image = tf.io.decode_image(contents, channels=num_channels, expand_animations=False)
