@@ -105,6 +105,76 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
         )
 
 
+class CollapseMonitor(keras.callbacks.Callback):
+    """Warns, or stops with an error, when a trainer's collapse alarms fall below thresholds.
+
+    Reads the metrics every trainer reports (`kc.monitor`): `projection_std`
+    scaled by `sqrt(dim)` of the compared embeddings (about 1 when they spread
+    over the sphere, 0 when collapsed onto a point) and the `effective_rank` of
+    the encoder features (1 when every feature lies on one direction). The
+    logs are the epoch's running means, checked every `check_every` batches and
+    at each epoch's end; each alarm warns once until it recovers.
+
+    Args:
+        min_std_ratio: float. `projection_std * sqrt(dim)` below this is an
+            alarm. Defaults to 0.1.
+        min_effective_rank: float. `effective_rank` below this is an alarm.
+            Defaults to 1.5.
+        check_every: int. Batches between checks; 0 checks at epoch ends only.
+            Defaults to 50.
+        stop: bool. Raise a `RuntimeError` instead of warning (a run that
+            `BackupAndRestore` can then resume with other settings). Defaults
+            to False.
+    """
+
+    def __init__(self, min_std_ratio=0.1, min_effective_rank=1.5, check_every=50, stop=False):
+        super().__init__()
+        self.min_std_ratio = float(min_std_ratio)
+        self.min_effective_rank = float(min_effective_rank)
+        self.check_every = int(check_every)
+        self.stop = bool(stop)
+        self._alarms = set()
+
+    def _check(self, logs, where):
+        logs = logs or {}
+        dim = getattr(self.model, "monitored_dim", None)
+        readings = {}
+        if "projection_std" in logs and dim:
+            readings["projection_std * sqrt(dim)"] = (
+                float(keras.ops.convert_to_numpy(logs["projection_std"])) * np.sqrt(dim),
+                self.min_std_ratio,
+                f"about 1 when the {dim}-d embeddings spread over the sphere, 0 when they collapse to a point",
+            )
+        if "effective_rank" in logs:
+            readings["effective_rank"] = (
+                float(keras.ops.convert_to_numpy(logs["effective_rank"])),
+                self.min_effective_rank,
+                "of the encoder features: 1 when all lie on one direction",
+            )
+        for name, (value, threshold, meaning) in readings.items():
+            if value >= threshold or not np.isfinite(value):
+                self._alarms.discard(name)
+                continue
+            if name in self._alarms:
+                continue
+            self._alarms.add(name)
+            message = (
+                f"Representation collapse {where}: {name} = {value:.4g}, below {threshold:g} ({meaning}). "
+                "Common causes: a learning rate too high, a temperature too low, augmentations too weak "
+                "(or a shortcut such as colour left in), a projection head without BatchNorm."
+            )
+            if self.stop:
+                raise RuntimeError(message)
+            warnings.warn(message, stacklevel=2)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.check_every and (batch + 1) % self.check_every == 0:
+            self._check(logs, f"at batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"at the end of epoch {epoch + 1}")
+
+
 _BACKUP_NAME = re.compile(r"^epoch(\d+)-batch(\d+)-step(\d+)\.weights\.h5$")
 
 

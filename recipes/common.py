@@ -506,6 +506,8 @@ def callbacks(args, sample_views=None, backup_callback=None):
             "lower --learning_rate, or raise --warmup_epochs; delete the run's backup directory under "
             "--model_dir to start again rather than resume."
         ),
+        # Warns when the embeddings collapse (kc.monitor's metrics, which every trainer logs).
+        kc.callbacks.CollapseMonitor(),
     ]
     if not kc.distribute.is_chief():
         return result  # other workers of a multi-worker run write nothing

@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_contrastive import distribute
 from keras_contrastive import layer_augmenter
+from keras_contrastive import monitor
 from keras_contrastive.encoders import feature_dim as _feature_dim
 from keras_contrastive.layers import batch_normalization
 from keras_contrastive.losses import at_least_float32
@@ -142,6 +143,9 @@ class ContrastiveTrainer(keras.Model):
         self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
         self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
         self._extra_trackers = {}
+        for name in monitor.METRICS:  # collapse alarms, reported by every trainer (see `collapse_metrics`)
+            self._track(name)
+        self.monitored_dim = None
 
     # ----------------------------------------------------------- subclass API
     def contrastive_loss(self, features, labels, training, views):
@@ -160,6 +164,19 @@ class ContrastiveTrainer(keras.Model):
             to report (each becomes a tracked mean).
         """
         raise NotImplementedError
+
+    def collapse_metrics(self, features, projections):
+        """`kc.monitor`'s collapse statistics of this replica's batch, for `contrastive_loss` to report.
+
+        Args:
+            features: list of `num_views` encoder feature tensors `[batch, feature_dim]`.
+            projections: list of the embeddings the loss compares, one `[batch, dim]` per view.
+
+        Returns:
+            dict of float32 scalars (`kc.monitor.METRICS`), computed without gradient.
+        """
+        self.monitored_dim = int(projections[0].shape[-1])  # static; `CollapseMonitor` scales by it
+        return monitor.collapse_metrics(ops.stop_gradient(features[0]), [ops.stop_gradient(p) for p in projections])
 
     def _set_projection_head(self, projection_head, default):
         """Keeps `projection_head` (a Keras layer), or `default()` when it is

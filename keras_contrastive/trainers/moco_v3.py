@@ -181,7 +181,7 @@ class MoCoV3(ContrastiveTrainer):
             for v in views
         )
         loss = losses.info_nce(q1, k2, self.temperature) + losses.info_nce(q2, k1, self.temperature)
-        return loss, {"momentum": self.momentum()}
+        return loss, {"momentum": self.momentum(), **self.collapse_metrics(features, [q1, q2])}
 
     def get_config(self):
         config = super().get_config()

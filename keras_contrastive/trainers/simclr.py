@@ -113,13 +113,14 @@ class SimCLR(ContrastiveTrainer):
             # Multi-view NT-Xent: every other view of the same image is a
             # positive (SupCon's L_out with each image its own class and the
             # loss scale 1), never a negative.
-            stacked = ops.stack(ops.split(z, self.num_views, axis=0), axis=1)  # [batch, views, dim]
-            return losses.multiview_nt_xent(stacked, self.temperature), {}
+            per_view = ops.split(z, self.num_views, axis=0)
+            stacked = ops.stack(per_view, axis=1)  # [batch, views, dim]
+            return losses.multiview_nt_xent(stacked, self.temperature), self.collapse_metrics(features, per_view)
         z1, z2 = ops.split(z, 2, axis=0)
         logits, labels = losses.nt_xent_logits(z1, z2, self.temperature)
         loss = ops.mean(losses.cross_entropy_from_logits(logits, labels))
         accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == labels, "float32"))
-        return loss, {"contrastive_accuracy": accuracy}
+        return loss, {"contrastive_accuracy": accuracy, **self.collapse_metrics(features, [z1, z2])}
 
     def get_config(self):
         config = super().get_config()

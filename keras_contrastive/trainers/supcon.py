@@ -96,11 +96,11 @@ class SupCon(ContrastiveTrainer):
                 "SupCon needs labels: fit it on (views, labels) or (images, labels). For "
                 "unlabeled data use kc.SimCLR, SupCon's label-free special case."
             )
-        z = self.project(features, training=training)
-        z = ops.stack(ops.split(z, self.num_views, axis=0), axis=1)  # [batch, views, dim]
+        per_view = ops.split(self.project(features, training=training), self.num_views, axis=0)
+        z = ops.stack(per_view, axis=1)  # [batch, views, dim]
         labels = ops.reshape(labels, (-1,))
         loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode)
-        return loss, {}
+        return loss, self.collapse_metrics(features, per_view)
 
     def get_config(self):
         config = super().get_config()
