@@ -63,6 +63,22 @@ class ViewPairsImage(keras.callbacks.Callback):
             tf.io.write_file(self.png_path, png)
 
 
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, with every epoch's metrics written whatever `update_freq` is.
+
+    Keras 3.15.1's callback (read in `keras/src/callbacks/tensorboard.py`)
+    keeps its batch-level `tf.summary.record_if(step % update_freq == 0)` open
+    while `on_epoch_end` writes the epoch scalars, so with an integer
+    `update_freq` an epoch's metrics reach the file only when the epoch ends on
+    a multiple of `update_freq` batches (234 steps per epoch at
+    `update_freq=20`: never). Here the epoch's writes record unconditionally.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to the epoch logs."""
 
@@ -173,6 +189,67 @@ class CollapseMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, f"at the end of epoch {epoch + 1}")
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Weighted kNN accuracy of the encoder being trained, logged as a metric every `every` epochs.
+
+    The online check solo-learn and lightly run: features of a labeled bank
+    and of held-out images from the current encoder (inference mode, so BN
+    uses its moving statistics), scored by `kc.evaluation.knn_accuracy`, and
+    written into the epoch's logs under `name` (History, TensorBoard: put this
+    callback before `keras.callbacks.TensorBoard`). Features come from the
+    encoder called outside the replicas (its weights are the same on every
+    replica), so the figure does not depend on the number of replicas; on a
+    multi-worker run every worker computes the same figure.
+
+    Args:
+        bank: `(images, labels)` arrays or a `tf.data.Dataset` of
+            `(image, label)`: the labeled bank (e.g. part of the training split).
+        test: the same for the held-out images scored.
+        every: int >= 1. Epochs between evaluations. Defaults to 1.
+        k: int. Neighbours. Defaults to 200.
+        temperature: float. Vote temperature. Defaults to 0.1.
+        batch_size: int. Feature-extraction batch. Defaults to 512.
+        name: str. Log key. Defaults to "knn_accuracy".
+        encoder: keras.Model or None. The network whose features are scored;
+            None: the trained model's `encoder` (a trainer's), else the
+            model itself. Defaults to None.
+    """
+
+    def __init__(self, bank, test, every=1, k=200, temperature=0.1, batch_size=512, name="knn_accuracy", encoder=None):
+        super().__init__()
+        self.encoder = encoder
+        if int(every) < 1:
+            raise ValueError(f"`every` must be >= 1; got {every}.")
+        self.bank, self.test = bank, test
+        self.every, self.k, self.temperature = int(every), int(k), float(temperature)
+        self.batch_size, self.name = int(batch_size), name
+
+    def _features(self, data):
+        from keras_contrastive import evaluation
+
+        if isinstance(data, tf.data.Dataset):
+            return evaluation.extract_features(self._encoder(), data, batch_size=self.batch_size, verbose=0)
+        images, labels = data
+        return evaluation.extract_features(self._encoder(), images, batch_size=self.batch_size, verbose=0), labels
+
+    def _encoder(self):
+        return self.encoder if self.encoder is not None else self.model
+
+    def accuracy(self):
+        """The kNN accuracy of `self.model`'s encoder now."""
+        from keras_contrastive import evaluation
+
+        bank, bank_labels = self._features(self.bank)
+        test, test_labels = self._features(self.test)
+        return evaluation.knn_accuracy(
+            bank, bank_labels, test, test_labels, k=self.k, temperature=self.temperature, verbose=0
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0 and logs is not None:
+            logs[self.name] = self.accuracy()
 
 
 _BACKUP_NAME = re.compile(r"^epoch(\d+)-batch(\d+)-step(\d+)\.weights\.h5$")

@@ -183,6 +183,18 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         choices=list(kc.evaluation.PROBE_SOLVERS),
         help="lbfgs: scikit-learn's LogisticRegression to convergence (the reference protocol); adamw: in batches",
     )
+    p.add_argument(
+        "--knn_monitor_every",
+        type=at_least(0),
+        default=1,
+        help="epochs between the online kNN accuracy (logged as knn_accuracy; 0: off)",
+    )
+    p.add_argument(
+        "--knn_monitor_size",
+        type=at_least(1),
+        default=10_000,
+        help="the online kNN's bank: the first N training examples; it scores the first N/5 evaluation ones",
+    )
     p.add_argument("--no_export", action="store_true")
     p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
     p.add_argument("--verbose", type=int, default=1)
@@ -428,7 +440,7 @@ def eval_splits(args):
     return ["test", "validation"]
 
 
-def eval_data(args, bank=False):
+def eval_data(args, bank=False, quiet=False):
     """`(image, label)` pairs for evaluation at the training size, streamed: the test split of
     `--eval_dataset` (default `--dataset`), or with `bank=True` the training split (the kNN bank and the probe's
     training set). Folders and tfds datasets are resized and center-cropped (`--eval_crop_fraction`); in-memory
@@ -446,7 +458,7 @@ def eval_data(args, bank=False):
             if i == len(candidates) - 1:
                 raise
             continue
-        if not bank:
+        if not bank and not quiet:
             print(f"Evaluation split: {name} {split}.")
         return dataset
 
@@ -494,8 +506,9 @@ def backup(args):
     return kc.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"), save_freq=args.backup_every)
 
 
-def callbacks(args, sample_views=None, backup_callback=None):
-    """Backup to resume a killed run, NaN guard; on the chief also TensorBoard (+ views) and a checkpoint per epoch."""
+def callbacks(args, sample_views=None, backup_callback=None, encoder=None):
+    """Backup to resume a killed run, NaN and collapse alarms; on the chief also the online kNN accuracy of
+    `encoder` (default: the trainer's), TensorBoard (+ views) and a checkpoint per epoch."""
     result = [
         kc.callbacks.LearningRateLogger(),
         backup_callback or backup(args),
@@ -513,14 +526,30 @@ def callbacks(args, sample_views=None, backup_callback=None):
         return result  # other workers of a multi-worker run write nothing
     os.makedirs(os.path.join(args.model_dir, "checkpoints"), exist_ok=True)
     log_dir = os.path.join(args.model_dir, "logs")
-    result.insert(1, keras.callbacks.TensorBoard(log_dir, update_freq=20))
+    result.insert(1, kc.callbacks.TensorBoard(log_dir, update_freq=20))
     result.append(
         keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "epoch_{epoch:03d}.keras"))
     )
     if sample_views is not None:
         png = os.path.join(args.model_dir, "views.png")
         result.insert(2, kc.callbacks.ViewPairsImage(sample_views, log_dir, png_path=png))
+    monitor = knn_monitor(args, encoder)
+    if monitor is not None:
+        result.insert(0, monitor)  # before TensorBoard, which then logs its figure
     return result
+
+
+def knn_monitor(args, encoder=None):
+    """The online kNN accuracy of `encoder` (`--knn_monitor_every`), or None when off or without labels."""
+    if not args.knn_monitor_every or args.no_eval:
+        return None
+    bank, test = eval_data(args, bank=True, quiet=True), eval_data(args, quiet=True)
+    if not isinstance(bank.element_spec, tuple) or not isinstance(test.element_spec, tuple):
+        return None
+    size = args.knn_monitor_size
+    return kc.callbacks.KNNMonitor(
+        bank.take(size), test.take(max(1, size // 5)), every=args.knn_monitor_every, k=args.knn_k, encoder=encoder
+    )
 
 
 def first_views(views_dataset):

@@ -77,7 +77,7 @@ def main(argv=None):
         views,
         epochs=args.epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=common.callbacks(args, None, backup),
+        callbacks=common.callbacks(args, None, backup, encoder=encoder),
         verbose=args.verbose,
     )
     common.float32_after_training(args, classifier)

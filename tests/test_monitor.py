@@ -91,3 +91,49 @@ def test_every_trainer_reports_the_alarms_as_metrics(method):
     assert set(monitor.METRICS) <= set(logs) and model.monitored_dim == 32
     assert 0 < logs["projection_std"] * np.sqrt(32) < 1.5
     assert 1 <= logs["effective_rank"] <= 8 and logs["uniformity"] < 0 and 0 < logs["alignment"] < 4
+
+
+def test_the_knn_monitor_logs_knn_accuracy_of_the_current_encoder_on_any_replica_count():
+    """It equals a numpy kNN on the encoder's own features, and 1 replica equals 2 (the same weights)."""
+    from conftest import cpu_strategy
+    from conftest import numpy_knn
+    from conftest import tiny_encoder
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 4
+    level = (labels[:, None, None, None] * 50 + rng.integers(0, 60, (96, 1, 1, 1))).astype("float32")
+    images = np.clip(level + rng.normal(0, 20, (96, 16, 16, 1)), 0, 255).astype("uint8")
+    bank, test = (images[:64], labels[:64]), tf.data.Dataset.from_tensor_slices((images[64:], labels[64:]))
+    weights, figures = None, []
+    for replicas in (1, 2):
+        with cpu_strategy(replicas).scope():
+            model = kc.SimCLR(tiny_encoder(), kc.augment.SimCLRAugmenter(16, blur=False), projection_dim=8)
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+        if weights is None:
+            views = np.stack([images, images[::-1]], axis=1).astype("float32") / 255
+            model.fit(views[:64], epochs=1, batch_size=32, verbose=0)  # weights and BN statistics moved
+            weights = model.get_weights()
+        model.set_weights(weights)
+        monitor_ = kc.callbacks.KNNMonitor(bank, test, k=10)
+        monitor_.set_model(model)
+        logs = {}
+        monitor_.on_epoch_end(0, logs)
+        figures.append(logs["knn_accuracy"])
+    features = model.encoder(images.astype("float32") / 255, training=False).numpy()
+    want = numpy_knn(features[:64], labels[:64], features[64:], labels[64:], k=10)
+    assert figures == [pytest.approx(want, abs=1e-9)] * 2
+    assert want > 0.3  # not a degenerate comparison: the classes are separable by brightness
+
+
+def test_the_knn_monitor_reaches_the_history_every_n_epochs():
+    from conftest import tiny_encoder
+
+    images = np.random.default_rng(1).integers(0, 256, (32, 16, 16, 1), dtype=np.uint8)
+    labels = np.arange(32) % 2
+    model = kc.SimCLR(tiny_encoder(), kc.augment.SimCLRAugmenter(16, blur=False), projection_dim=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    every_second = kc.callbacks.KNNMonitor((images, labels), (images, labels), every=2, k=5)
+    history = model.fit(images, epochs=3, batch_size=16, verbose=0, callbacks=[every_second])
+    assert len(history.history["knn_accuracy"]) == 1  # epoch 2 only
+    with pytest.raises(ValueError, match="every"):
+        kc.callbacks.KNNMonitor((images, labels), (images, labels), every=0)

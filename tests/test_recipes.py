@@ -193,6 +193,13 @@ def test_simclr_recipe_end_to_end(tmp_path):
 
     import keras_contrastive as kc
 
+    # The online kNN (issue 12) and the collapse alarms reach TensorBoard with the other epoch metrics.
+    tags = set()
+    for name in os.listdir(model_dir / "logs" / "train"):
+        for event in tf.compat.v1.train.summary_iterator(str(model_dir / "logs" / "train" / name)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"epoch_knn_accuracy", "epoch_projection_std", "epoch_effective_rank", "epoch_loss"} <= tags, tags
+
     model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
     # The recipe's `--precision auto` trains in bfloat16 on an AMX CPU, and its checkpoints keep that policy; the
     # export computes in float32, and so must the reference.
