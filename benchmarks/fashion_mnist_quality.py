@@ -165,6 +165,7 @@ def pixels_row(args, train, test):
     return {
         "knn_accuracy": kc.evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1, verbose=0),
         "linear_probe_accuracy": kc.evaluation.linear_probe(f_train, y_train, f_test, y_test, verbose=0),
+        **kc.evaluation.retrieval_metrics(f_train, y_train, f_test, y_test),
     }
 
 
@@ -264,8 +265,14 @@ def format_line(name, result):
     took = f"{result['seconds']:.0f} s" if "seconds" in result else "-"
     return (
         f"{name:<72} kNN {result['knn_accuracy']:.2%}   linear probe "
-        f"{result.get('linear_probe_accuracy', float('nan')):.2%}{other}   wall {took}"
+        f"{result.get('linear_probe_accuracy', float('nan')):.2%}   recall@1 {_percent(result, 'recall@1')}   "
+        f"mAP@100 {_percent(result, 'map@100')}{other}   wall {took}"
     )
+
+
+def _percent(result, key):
+    """A retrieval figure as a percentage, "-" where the row has none (results recorded before it existed)."""
+    return f"{result[key]:.2%}" if key in result else "-"
 
 
 def cpu_kind():
@@ -283,14 +290,15 @@ def write_markdown(path, args, results, argv):
         f"Command: `python benchmarks/fashion_mnist_quality.py {' '.join(argv)}`; seed {args.seed}; {versions}; "
         f"{os.cpu_count()} CPU cores, {cpu_kind()}.",
         "",
-        "| row | kNN | linear probe | wall time |",
-        "|---|---|---|---|",
+        "| row | kNN | linear probe | recall@1 | mAP@100 | wall time |",
+        "|---|---|---|---|---|---|",
     ]
     for name, result in results:
         took = f"{result['seconds']:.0f} s" if "seconds" in result else "-"
         probe = result.get("linear_probe_accuracy")
         probe = "-" if probe is None else f"{probe:.2%}"
-        lines.append(f"| {name} | {result['knn_accuracy']:.2%} | {probe} | {took} |")
+        retrieval = f"{_percent(result, 'recall@1')} | {_percent(result, 'map@100')}"
+        lines.append(f"| {name} | {result['knn_accuracy']:.2%} | {probe} | {retrieval} | {took} |")
     # What each recipe row ran, and what its classifier scored where it has one (recipes/supervised.py).
     notes = []
     for name, result in results:

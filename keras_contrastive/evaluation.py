@@ -90,6 +90,61 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
     return features
 
 
+def nearest_neighbours(bank_features, query_features, k, batch_size=1024, bank_batch_size=65_536, verbose=0):
+    """The `k` most cosine-similar bank rows of every query, most similar first.
+
+    Each block of `batch_size` queries is compared with the bank a chunk of
+    `bank_batch_size` rows at a time, keeping the running top k, so a
+    similarity block never exceeds `batch_size x bank_batch_size` (ImageNet's
+    1.28M-row bank would otherwise make 5 GB blocks).
+
+    Args:
+        bank_features: float `[N, dim]`.
+        query_features: float `[M, dim]`.
+        k: int. Neighbours (at most N).
+        batch_size: int. Queries per block. Defaults to 1024.
+        bank_batch_size: int. Bank rows per block. Defaults to 65,536.
+        verbose: int. 1 shows a progress bar. Defaults to 0.
+
+    Returns:
+        `(indices, similarities)`: int64 numpy `[M, k]` rows of the bank and
+        float32 numpy `[M, k]` cosine similarities, in decreasing similarity.
+    """
+    bank_features = np.asarray(bank_features, "float32")
+    k = int(min(k, len(bank_features)))
+    bank_batch_size = max(int(bank_batch_size), k)
+    chunks = [
+        (tf.constant(bank_features[i : i + bank_batch_size]), tf.constant(i, tf.int64))
+        for i in range(0, len(bank_features), bank_batch_size)
+    ]
+
+    @tf.function(reduce_retracing=True)
+    def chunk_top_k(queries, bank, offset, best_sims, best_indices):
+        """Merges a bank chunk's k most similar rows into the running top k `[queries, <=k]`."""
+        sims = tf.matmul(queries, tf.math.l2_normalize(bank, axis=1), transpose_b=True)
+        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+        sims = tf.concat([best_sims, sims], axis=1)
+        indices = tf.concat([best_indices, tf.cast(idx, tf.int64) + offset], axis=1)
+        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+        return sims, tf.gather(indices, idx, batch_dims=1)
+
+    query_features = np.asarray(query_features, "float32")
+    blocks = range(0, len(query_features), batch_size)
+    progbar = keras.utils.Progbar(len(blocks), unit_name="block", verbose=verbose) if verbose else None
+    all_indices, all_sims = [], []
+    for i, start in enumerate(blocks):
+        queries = tf.math.l2_normalize(tf.constant(query_features[start : start + batch_size]), axis=1)
+        sims = tf.zeros([queries.shape[0], 0], tf.float32)
+        indices = tf.zeros([queries.shape[0], 0], tf.int64)
+        for bank, offset in chunks:
+            sims, indices = chunk_top_k(queries, bank, offset, sims, indices)
+        all_indices.append(indices.numpy())
+        all_sims.append(sims.numpy())
+        if progbar is not None:
+            progbar.update(i + 1)
+    return np.concatenate(all_indices), np.concatenate(all_sims)
+
+
 def knn_predict(
     train_features,
     train_labels,
@@ -116,11 +171,8 @@ def knn_predict(
         num_classes: int or None. Defaults to `max(train_labels) + 1`.
         batch_size: int. Test rows per similarity block. Defaults to 1024.
         verbose: int. Defaults to 0.
-        bank_batch_size: int. Bank rows per similarity block: each block of
-            queries is compared with the bank a chunk at a time, keeping the
-            running top k, so a similarity block never exceeds
-            `batch_size x bank_batch_size` (ImageNet's 1.28M-row bank would
-            otherwise make 5 GB blocks). Defaults to 65,536.
+        bank_batch_size: int. Bank rows per similarity block (see
+            `nearest_neighbours`). Defaults to 65,536.
 
     Returns:
         int numpy `[M]` predicted classes.
@@ -132,43 +184,52 @@ def knn_predict(
         raise ValueError(f"{len(train_features)} training features but {len(train_labels)} labels.")
     num_classes = int(num_classes or train_labels.max() + 1)
     train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
-    k = int(min(k, len(train_labels)))
-    train_features = np.asarray(train_features, "float32")
-    bank_batch_size = max(int(bank_batch_size), k)
-    chunks = [
-        (tf.constant(train_features[i : i + bank_batch_size]), tf.constant(train_labels[i : i + bank_batch_size]))
-        for i in range(0, len(train_labels), bank_batch_size)
-    ]
-
-    @tf.function(reduce_retracing=True)
-    def chunk_top_k(queries, bank, bank_labels, best_sims, best_labels):
-        """Merges a bank chunk's k most similar rows into the running top k `[queries, <=k]`."""
-        sims = tf.matmul(queries, tf.math.l2_normalize(bank, axis=1), transpose_b=True)
-        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
-        sims = tf.concat([best_sims, sims], axis=1)
-        labels = tf.concat([best_labels, tf.gather(bank_labels, idx)], axis=1)
-        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
-        return sims, tf.gather(labels, idx, batch_dims=1)
-
-    def predict_block(queries):
-        queries = tf.math.l2_normalize(queries, axis=1)
-        sims = tf.zeros([queries.shape[0], 0], tf.float32)
-        labels = tf.zeros([queries.shape[0], 0], tf.int32)
-        for bank, bank_labels in chunks:
-            sims, labels = chunk_top_k(queries, bank, bank_labels, sims, labels)
-        weights = tf.exp(sims / temperature)
-        votes = tf.one_hot(labels, num_classes) * weights[..., None]
-        return tf.argmax(tf.reduce_sum(votes, axis=1), axis=1, output_type=tf.int32)
-
-    test_features = np.asarray(test_features, "float32")
-    blocks = range(0, len(test_features), batch_size)
-    progbar = keras.utils.Progbar(len(blocks), unit_name="block", verbose=verbose) if verbose else None
+    indices, sims = nearest_neighbours(train_features, test_features, k, batch_size, bank_batch_size, verbose)
     predictions = []
-    for i, start in enumerate(blocks):
-        predictions.append(predict_block(tf.constant(test_features[start : start + batch_size])).numpy())
-        if progbar is not None:
-            progbar.update(i + 1)
-    return np.concatenate(predictions)
+    for start in range(0, len(indices), batch_size):  # votes [block, classes]: never [M, k, classes]
+        labels = train_labels[indices[start : start + batch_size]]
+        weights = np.exp(sims[start : start + batch_size].astype("float64") / temperature)
+        votes = np.zeros((len(labels), num_classes))
+        np.add.at(votes, (np.arange(len(labels))[:, None], labels), weights)
+        predictions.append(np.argmax(votes, axis=1).astype("int32"))
+    return np.concatenate(predictions) if predictions else np.zeros([0], "int32")
+
+
+def retrieval_metrics(
+    bank_features, bank_labels, query_features, query_labels, ks=(1, 5, 10), map_at=100, bank_batch_size=65_536
+):
+    """Top-K retrieval of each query's class in the bank: recall@K and mAP@R (cosine similarity).
+
+    recall@K: the fraction of queries with at least one bank item of their
+    class among their K nearest. mAP@R: the mean over queries of the average
+    precision of their R nearest, `sum_k P(k) rel(k) / sum_k rel(k)` over
+    ranks k <= R (0 for a query with no relevant item there), as image
+    retrieval benchmarks report it (e.g. mAP@1000 on CIFAR-10).
+
+    Args:
+        bank_features: float `[N, dim]`. bank_labels: int `[N]`.
+        query_features: float `[M, dim]`. query_labels: int `[M]`.
+        ks: ints. Defaults to (1, 5, 10).
+        map_at: int. R. Defaults to 100.
+        bank_batch_size: int. See `nearest_neighbours`. Defaults to 65,536.
+
+    Returns:
+        dict: `recall@K` for each K and `map@R`, floats in [0, 1].
+    """
+    bank_labels = np.asarray(bank_labels).reshape(-1)
+    query_labels = np.asarray(query_labels).reshape(-1)
+    if len(bank_labels) != len(bank_features) or len(query_labels) != len(query_features):
+        raise ValueError("Each feature array needs exactly one label per row.")
+    depth = max(max(ks), map_at)
+    indices, _ = nearest_neighbours(bank_features, query_features, depth, bank_batch_size=bank_batch_size)
+    relevant = bank_labels[indices] == query_labels[:, None]  # [M, depth]
+    results = {f"recall@{k}": float(np.mean(relevant[:, :k].any(axis=1))) for k in ks}
+    hits = relevant[:, :map_at]
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    found = hits.sum(axis=1)
+    average_precision = np.where(found > 0, (precision * hits).sum(axis=1) / np.maximum(found, 1), 0.0)
+    results[f"map@{map_at}"] = float(np.mean(average_precision))
+    return results
 
 
 def knn_accuracy(
@@ -303,7 +364,16 @@ def linear_probe(
 
 
 def evaluate_frozen(
-    encoder, train, test, k=200, temperature=0.1, probe_epochs=50, num_classes=None, solver="lbfgs", verbose=1
+    encoder,
+    train,
+    test,
+    k=200,
+    temperature=0.1,
+    probe_epochs=50,
+    num_classes=None,
+    solver="lbfgs",
+    verbose=1,
+    retrieval=True,
 ):
     """kNN and linear-probe accuracy of a frozen encoder, checking that it stayed frozen.
 
@@ -328,11 +398,13 @@ def evaluate_frozen(
         num_classes: int or None. Defaults to the largest label + 1.
         solver: str. The linear probe's solver (see `linear_probe`).
             Defaults to "lbfgs".
+        retrieval: bool. Also the test split's retrieval in the bank
+            (`retrieval_metrics`: recall@1/5/10, mAP@100). Defaults to True.
         verbose: int. Defaults to 1.
 
     Returns:
-        dict with `knn_accuracy` and (unless `probe_epochs=0`)
-        `linear_probe_accuracy`, floats in [0, 1].
+        dict with `knn_accuracy`, the retrieval metrics and (unless
+        `probe_epochs=0`) `linear_probe_accuracy`, floats in [0, 1].
     """
     encoder = getattr(encoder, "encoder", encoder)
     before = [np.array(w) for w in encoder.get_weights()]
@@ -343,6 +415,8 @@ def evaluate_frozen(
             f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
         )
     }
+    if retrieval:
+        results.update(retrieval_metrics(f_train, y_train, f_test, y_test))
     if probe_epochs:
         results["linear_probe_accuracy"] = linear_probe(
             f_train, y_train, f_test, y_test, num_classes=num_classes, solver=solver, epochs=probe_epochs, verbose=0

@@ -666,6 +666,10 @@ def evaluate_frozen(args, encoder, labelled=True):
     print(f"kNN accuracy (k={args.knn_k}, cosine, temperature 0.1): {results['knn_accuracy']:.4f}")
     if "linear_probe_accuracy" in results:
         print(f"Linear probe accuracy: {results['linear_probe_accuracy']:.4f}")
+    retrieval = "  ".join(
+        f"{name} {value:.4f}" for name, value in results.items() if name.startswith(("recall@", "map@"))
+    )
+    print(f"Retrieval of the test split in the bank (cosine): {retrieval}")
     return results
 
 

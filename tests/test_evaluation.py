@@ -177,3 +177,23 @@ def test_evaluate_frozen_streams_datasets_to_the_same_figures_as_arrays(rng):
     assert streamed == arrays
     with pytest.raises(ValueError, match="without labels"):
         evaluation.evaluate_frozen(encoder, train.map(lambda a, b: a), test, k=5, probe_epochs=0, verbose=0)
+
+
+def test_nearest_neighbours_and_retrieval_on_features_whose_neighbours_are_known():
+    """Bank rows at known angles: every query's neighbours (and their order) are known, so the indices, recall@K
+    and mAP@R are exact; any bank chunk size gives the same."""
+    angles = np.array([0, 10, 20, 90, 100, 110, 180, 190]) * np.pi / 180  # three clusters on the circle
+    bank = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype("float32")
+    labels = np.array([0, 0, 1, 1, 1, 1, 2, 0])
+    queries = np.array([[1.0, 0.01], [0.01, 1.0]], "float32")  # near 0 and 90 degrees
+    for chunk in (3, 100):
+        indices, sims = evaluation.nearest_neighbours(bank, queries, k=4, bank_batch_size=chunk)
+        np.testing.assert_array_equal(indices, [[0, 1, 2, 3], [3, 4, 5, 2]])
+        np.testing.assert_allclose(sims[0, :3], np.cos(np.radians([0.57, 9.43, 19.43])), atol=2e-3)
+    metrics = evaluation.retrieval_metrics(bank, labels, queries, [1, 0], ks=(1, 3), map_at=4)
+    # Query 0 (class 1): ranks 1-4 are classes 0 0 1 1 -> recall@1 0, @3 1; AP = (1/3 + 2/4) / 2.
+    # Query 1 (class 0): ranks 1-4 are classes 1 1 1 1 -> no hit, AP 0.
+    assert metrics["recall@1"] == 0.0 and metrics["recall@3"] == 0.5
+    assert metrics["map@4"] == pytest.approx(((1 / 3 + 2 / 4) / 2 + 0.0) / 2)
+    perfect = evaluation.retrieval_metrics(bank, labels, bank[:2], labels[:2], ks=(1,), map_at=1)
+    assert perfect == {"recall@1": 1.0, "map@1": 1.0}

@@ -180,7 +180,11 @@ def test_simclr_recipe_end_to_end(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kNN accuracy" in proc.stdout and "MirroredStrategy" in proc.stdout
+    assert "Retrieval of the test split in the bank (cosine): recall@1 " in proc.stdout
     results = json.loads((model_dir / "results.json").read_text())
+    # Retrieval beside kNN (issue 12): recall@K grows with K (above chance; kNN above checks the learning).
+    assert 0.1 < results["recall@1"] <= results["recall@5"] <= results["recall@10"] <= 1.0
+    assert 0.0 < results["map@100"] <= 1.0
     assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
     assert results["export_path"] == str(export_dir / "1")
     assert (export_dir / "1" / "saved_model.pb").exists()
