@@ -185,9 +185,14 @@ def knn_predict(
     num_classes = int(num_classes or train_labels.max() + 1)
     train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
     indices, sims = nearest_neighbours(train_features, test_features, k, batch_size, bank_batch_size, verbose)
+    return _weighted_votes(indices, sims, train_labels, temperature, num_classes, batch_size)
+
+
+def _weighted_votes(indices, sims, bank_labels, temperature, num_classes, batch_size=1024):
+    """The class with the largest sum of exp(sim / temperature) among each query's neighbours."""
     predictions = []
     for start in range(0, len(indices), batch_size):  # votes [block, classes]: never [M, k, classes]
-        labels = train_labels[indices[start : start + batch_size]]
+        labels = bank_labels[indices[start : start + batch_size]]
         weights = np.exp(sims[start : start + batch_size].astype("float64") / temperature)
         votes = np.zeros((len(labels), num_classes))
         np.add.at(votes, (np.arange(len(labels))[:, None], labels), weights)
@@ -195,8 +200,18 @@ def knn_predict(
     return np.concatenate(predictions) if predictions else np.zeros([0], "int32")
 
 
+#: The retrieval figures `evaluate_frozen` reports: recall@1/5/10 and mAP@100.
+RETRIEVAL_KS, RETRIEVAL_MAP_AT = (1, 5, 10), 100
+
+
 def retrieval_metrics(
-    bank_features, bank_labels, query_features, query_labels, ks=(1, 5, 10), map_at=100, bank_batch_size=65_536
+    bank_features,
+    bank_labels,
+    query_features,
+    query_labels,
+    ks=RETRIEVAL_KS,
+    map_at=RETRIEVAL_MAP_AT,
+    bank_batch_size=65_536,
 ):
     """Top-K retrieval of each query's class in the bank: recall@K and mAP@R (cosine similarity).
 
@@ -222,6 +237,11 @@ def retrieval_metrics(
         raise ValueError("Each feature array needs exactly one label per row.")
     depth = max(max(ks), map_at)
     indices, _ = nearest_neighbours(bank_features, query_features, depth, bank_batch_size=bank_batch_size)
+    return _retrieval_from(indices, bank_labels, query_labels, ks, map_at)
+
+
+def _retrieval_from(indices, bank_labels, query_labels, ks, map_at):
+    """`retrieval_metrics` from each query's bank rows, nearest first `[M, >= max(ks, map_at)]`."""
     relevant = bank_labels[indices] == query_labels[:, None]  # [M, depth]
     results = {f"recall@{k}": float(np.mean(relevant[:, :k].any(axis=1))) for k in ks}
     hits = relevant[:, :map_at]
@@ -410,13 +430,23 @@ def evaluate_frozen(
     before = [np.array(w) for w in encoder.get_weights()]
     f_train, y_train = _features_and_labels(encoder, train, "train", verbose)
     f_test, y_test = _features_and_labels(encoder, test, "test", verbose)
-    results = {
-        "knn_accuracy": knn_accuracy(
+    results = {}
+    if retrieval:
+        # One neighbour search for both the kNN vote and the retrieval ranking.
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+        y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+        classes = int(num_classes or y_train.max() + 1)
+        bank_labels = _check_class_labels(y_train, classes, "Training labels")
+        indices, sims = nearest_neighbours(f_train, f_test, max(k, *RETRIEVAL_KS, RETRIEVAL_MAP_AT), verbose=verbose)
+        depth = min(k, len(y_train))
+        votes = _weighted_votes(indices[:, :depth], sims[:, :depth], bank_labels, temperature, classes)
+        results["knn_accuracy"] = float(np.mean(votes == y_test))
+        results.update(_retrieval_from(indices, bank_labels, y_test, RETRIEVAL_KS, RETRIEVAL_MAP_AT))
+    else:
+        results["knn_accuracy"] = knn_accuracy(
             f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
         )
-    }
-    if retrieval:
-        results.update(retrieval_metrics(f_train, y_train, f_test, y_test))
     if probe_epochs:
         results["linear_probe_accuracy"] = linear_probe(
             f_train, y_train, f_test, y_test, num_classes=num_classes, solver=solver, epochs=probe_epochs, verbose=0

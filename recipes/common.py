@@ -16,6 +16,7 @@ import typing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info/warning logs out of the story
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_contrastive as kc  # noqa: E402
@@ -194,6 +195,12 @@ def add_common_flags(parser, method, epochs=2, batch_size=256, learning_rate=1.0
         type=at_least(1),
         default=10_000,
         help="the online kNN's bank: the first N training examples; it scores the first N/5 evaluation ones",
+    )
+    p.add_argument(
+        "--no_pictures",
+        action="store_true",
+        help="skip the pictures written after evaluation (retrieval grid, embedding map, similarity matrix, "
+        "first-layer kernels: PNG files under --model_dir/pictures and TensorBoard images)",
     )
     p.add_argument("--no_export", action="store_true")
     p.add_argument("--no_eval", action="store_true", help="skip the kNN / linear-probe evaluation")
@@ -671,6 +678,50 @@ def evaluate_frozen(args, encoder, labelled=True):
     )
     print(f"Retrieval of the test split in the bank (cosine): {retrieval}")
     return results
+
+
+def pictures(args, model, queries=8, neighbours=8, mapped=1000):
+    """What the encoder learned, as pictures (`kc.pictures`), after evaluation on the chief.
+
+    Written as PNG files under `--model_dir/pictures/` and as TensorBoard images
+    (`logs/pictures`): the nearest neighbours of `queries` test images in the
+    bank (other classes framed red), a 2-D map of `mapped` test embeddings by
+    label, the cosine similarities of a batch's two views (a trainer's own
+    embeddings; an image's two views on the off-diagonals when training works),
+    and a ResNet's first-layer kernels. Returns `{name: png path}`.
+    """
+    if args.no_pictures or args.no_eval or not kc.distribute.is_chief():
+        return {}
+    encoder = getattr(model, "encoder", model)
+    bank = eval_data(args, bank=True, quiet=True).take(args.knn_monitor_size)
+    test = eval_data(args, quiet=True).take(mapped)
+    if not isinstance(bank.element_spec, tuple):
+        return {}
+    bank_images, bank_labels = (np.concatenate(a) for a in zip(*bank.batch(1024).as_numpy_iterator()))
+    test_images, test_labels = (np.concatenate(a) for a in zip(*test.batch(1024).as_numpy_iterator()))
+    bank_features = kc.evaluation.extract_features(encoder, bank_images, verbose=0)
+    test_features = kc.evaluation.extract_features(encoder, test_images, verbose=0)
+    indices, _ = kc.evaluation.nearest_neighbours(bank_features, test_features[:queries], neighbours)
+    drawn = {
+        "retrieval": kc.pictures.retrieval_grid(
+            test_images[:queries], bank_images, indices, test_labels[:queries], bank_labels
+        ),
+        "embedding_map": kc.pictures.embedding_map(kc.pictures.layout_2d(test_features), test_labels),
+    }
+    if getattr(model, "augmenter", None) is not None and hasattr(model, "projection_head"):
+        views = first_views(model.views_dataset(test.map(lambda image, label: image), 32, seed=args.seed))
+        features = [encoder(views[:, v], training=False) for v in range(2)]
+        z = model.project(features, training=False).numpy()
+        drawn["similarity_matrix"] = kc.pictures.similarity_matrix(z[: len(z) // 2], z[len(z) // 2 :])
+    if not args.encoder.startswith("vit"):
+        drawn["first_layer_kernels"] = kc.pictures.first_layer_kernels(encoder)
+    kc.pictures.write_to_tensorboard(os.path.join(args.model_dir, "logs", "pictures"), drawn)
+    paths = {
+        name: kc.pictures.save_png(os.path.join(args.model_dir, "pictures", f"{name}.png"), image)
+        for name, image in drawn.items()
+    }
+    print(f"Pictures: {', '.join(paths.values())}")
+    return paths
 
 
 def export_and_save_results(args, model, method, recipe, results):

@@ -106,6 +106,7 @@ def main(argv=None):
 
     # 6. Evaluate the frozen query backbone, then export it.
     results = common.evaluate_frozen(args, model.encoder, labelled=data.num_classes is not None)
+    common.pictures(args, model)
     return common.export_and_save_results(args, model, "MoCo v3", "recipes/mocov3.py", results)
 
 

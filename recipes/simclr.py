@@ -21,9 +21,11 @@ Scaled to the paper's ImageNet setting (on accelerators, data prepared for tfds)
         --head v2 --no-per_view_bn
 
 Outputs under --model_dir: TensorBoard logs (loss, contrastive and probe accuracy,
-learning rate, an image of augmented view pairs), a backup that resumes an
-interrupted run, a checkpoint per epoch; the encoder (projection head removed) is
-exported as a versioned SavedModel under --export_dir.
+learning rate, the online kNN accuracy, the collapse alarms, an image of augmented
+view pairs), a backup that resumes an interrupted run, a checkpoint per epoch,
+results.json (kNN, linear probe, retrieval) and pictures/ (nearest neighbours,
+embedding map, similarity matrix, first-layer kernels); the encoder (projection head
+removed) is exported as a versioned SavedModel under --export_dir.
 """
 
 import argparse
@@ -100,6 +102,7 @@ def main(argv=None):
 
     # 6. Evaluate the frozen encoder: weighted kNN and a linear probe on pooled features, in batches.
     results = common.evaluate_frozen(args, model.encoder, labelled=data.num_classes is not None)
+    common.pictures(args, model)  # neighbours, embedding map, similarity matrix, kernels
 
     # 7. Export the encoder (no projection head) for TF Serving and downstream use.
     return common.export_and_save_results(args, model, "SimCLR", "recipes/simclr.py", results)

@@ -99,6 +99,7 @@ def main(argv=None):
 
     # 4. Stage 2: a linear classifier on the frozen encoder (and the kNN accuracy), in batches.
     results = common.evaluate_frozen(args, model.encoder)
+    common.pictures(args, model)
 
     # 5. Export the encoder.
     return common.export_and_save_results(args, model, "SupCon", "recipes/supcon.py", results)

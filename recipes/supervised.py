@@ -96,6 +96,7 @@ def main(argv=None):
             "the classifier's own figure understates it; the frozen encoder's kNN and probe below do not depend on them)"
         )
     results.update(common.evaluate_frozen(args, encoder))
+    common.pictures(args, encoder)
     return common.export_and_save_results(args, encoder, "supervised", "recipes/supervised.py", results)
 
 

@@ -109,6 +109,10 @@ def test_evaluate_frozen_scores_and_checks_the_encoder_is_unchanged(rng):
         features[:40], y[:40], features[40:], y[40:], k=5, verbose=0
     )
     assert 0.0 <= results["linear_probe_accuracy"] <= 1.0
+    # One neighbour search serves both: the same retrieval figures as retrieval_metrics on its own.
+    retrieval = evaluation.retrieval_metrics(features[:40], y[:40], features[40:], y[40:])
+    assert set(retrieval) == {"recall@1", "recall@5", "recall@10", "map@100"}
+    assert {name: results[name] for name in retrieval} == retrieval
     for a, b in zip(before, encoder.get_weights()):
         np.testing.assert_array_equal(a, b)
     # An encoder that changes during evaluation is reported, not scored.

@@ -36,6 +36,9 @@ TINY = [
     "20",
     "--verbose",
     "0",
+    "--no_pictures",
+    "--knn_monitor_size",
+    "500",
 ]
 
 

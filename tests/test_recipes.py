@@ -29,6 +29,9 @@ TINY = [
     "20",
     "--verbose",
     "0",
+    "--no_pictures",
+    "--knn_monitor_size",
+    "500",
 ]
 
 
@@ -170,6 +173,8 @@ def test_simclr_recipe_end_to_end(tmp_path):
         "20",
         "--strategy",
         "mirrored",
+        "--knn_monitor_size",
+        "500",
         "--model_dir",
         str(model_dir),
         "--export_dir",
@@ -190,10 +195,19 @@ def test_simclr_recipe_end_to_end(tmp_path):
     assert (export_dir / "1" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     assert (model_dir / "views.png").exists()
+    # The pictures (issue 12): PNG files of their stated kind, not blank, and the same in TensorBoard.
+    drawn = {"retrieval", "embedding_map", "similarity_matrix", "first_layer_kernels"}
+    assert {name[:-4] for name in os.listdir(model_dir / "pictures")} == drawn
+    embedding_map = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "embedding_map.png"))).numpy()
+    assert embedding_map.shape == (512, 512, 3) and embedding_map.var() > 0
+    retrieval = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "retrieval.png"))).numpy()
+    assert retrieval.shape[:2] == (8 * (28 + 6), 9 * (28 + 6))  # 8 queries, each with its 8 neighbours
+    (event,) = os.listdir(model_dir / "logs" / "pictures")
+    events = tf.compat.v1.train.summary_iterator(str(model_dir / "logs" / "pictures" / event))
+    assert {value.tag for e in events for value in e.summary.value} == drawn
     assert any(name.startswith("events") for name in os.listdir(model_dir / "logs" / "train"))
     # The exported encoder is the trained one: reload the last checkpoint and compare.
     import keras
-    import tensorflow as tf
 
     import keras_contrastive as kc
 
@@ -353,6 +367,8 @@ RESUME = [
     "--no_export",
     "--verbose",
     "0",
+    "--knn_monitor_every",
+    "0",
 ]
 
 
@@ -498,7 +514,7 @@ def test_a_recipe_streams_a_jpeg_folder_in_memory_that_does_not_grow_with_it(tmp
         folder = write_jpeg_folder(tmp_path / f"train_{count}", count)
         flags = ["--dataset", folder, "--eval_dataset", evaluation, "--image_size", "32", "--augment", "cifar"]
         flags += ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "32", "--width_multiplier", "0.125"]
-        flags += ["--linear_probe_epochs", "0", "--knn_k", "20", "--verbose", "0"]
+        flags += ["--linear_probe_epochs", "0", "--knn_k", "20", "--verbose", "0", "--no_pictures"]
         flags += ["--model_dir", tmp_path / f"run_{count}", "--export_dir", tmp_path / f"export_{count}"]
         outputs[count], peaks[count] = run_measured("simclr", *flags)
         results = json.loads((tmp_path / f"run_{count}" / "results.json").read_text())
