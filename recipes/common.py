@@ -709,7 +709,8 @@ def pictures(args, model, queries=8, neighbours=8, mapped=1000):
         "embedding_map": kc.pictures.embedding_map(kc.pictures.layout_2d(test_features), test_labels),
     }
     if getattr(model, "augmenter", None) is not None and hasattr(model, "projection_head"):
-        views = first_views(model.views_dataset(test.map(lambda image, label: image), 32, seed=args.seed))
+        batch = test_images[:32]  # however few the evaluation images are
+        views = first_views(model.views_dataset(tf.data.Dataset.from_tensor_slices(batch), len(batch), seed=args.seed))
         features = [encoder(views[:, v], training=False) for v in range(2)]
         z = model.project(features, training=False).numpy()
         drawn["similarity_matrix"] = kc.pictures.similarity_matrix(z[: len(z) // 2], z[len(z) // 2 :])

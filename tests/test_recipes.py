@@ -629,6 +629,9 @@ def test_the_imagenet_recipes_run_at_224_through_tfds_and_a_folder_of_real_jpegs
     else:
         folder = real_jpeg_folder(tmp_path / "photos")
         flags += ["--dataset", folder, "--eval_dataset", folder]
+    drawn = (source, recipe, how) == ("folder", "simclr", "jit")  # pictures of full-resolution data, once
+    if not drawn:
+        flags += ["--no_pictures"]
     if how == "jit":
         flags += ["--jit_compile"]
     else:
@@ -646,6 +649,7 @@ def test_the_imagenet_recipes_run_at_224_through_tfds_and_a_folder_of_real_jpegs
     assert evaluated in proc.stdout  # imagenet2012 has no test split
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert 0.0 <= results["knn_accuracy"] <= 1.0
+    assert (tmp_path / "run" / "pictures" / "retrieval.png").exists() == drawn
     served = tf.saved_model.load(results["export_path"]).signatures["serving_default"]
     embeddings = served(images=tf.zeros([2, 224, 224, 3], tf.uint8))
     assert next(iter(embeddings.values())).shape[0] == 2
