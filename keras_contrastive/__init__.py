@@ -21,6 +21,7 @@ from keras_contrastive import losses
 from keras_contrastive import monitor
 from keras_contrastive import optimizers
 from keras_contrastive import pictures
+from keras_contrastive import savedmodel
 from keras_contrastive import serving
 from keras_contrastive.trainers import MoCoV3
 from keras_contrastive.trainers import SimCLR

@@ -8,8 +8,12 @@ import os
 
 import keras
 
-from keras_contrastive import export
 from keras_contrastive import layers
+from keras_contrastive import savedmodel
+
+# Re-exported: `kc.downstream.resolve_version` is how the recipes find an
+# export's version directory.
+from keras_contrastive.savedmodel import resolve_version
 
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
@@ -46,14 +50,14 @@ class SavedModelEncoder(keras.layers.Layer):
         self.filepath = str(filepath)
         self.version_path = resolve_version(self.filepath)
         self.savedmodel = keras.layers.TFSMLayer(
-            self.version_path, call_endpoint=export.SERVING_SIGNATURE, trainable=trainable
+            self.version_path, call_endpoint=savedmodel.SERVING_SIGNATURE, trainable=trainable
         )
-        metadata = export.load_metadata(self.version_path)
+        metadata = savedmodel.load_metadata(self.version_path)
         self.input_shape_ = tuple(metadata["input"]["shape"][1:])
         self.output_dim = int(metadata["output"]["dim"])
 
     def call(self, images):
-        return self.savedmodel(images)[export.OUTPUT_NAME]
+        return self.savedmodel(images)[savedmodel.OUTPUT_NAME]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)
@@ -62,20 +66,6 @@ class SavedModelEncoder(keras.layers.Layer):
         config = super().get_config()
         config.update(filepath=self.filepath)
         return config
-
-
-def resolve_version(path):
-    """The version directory of an export: `path` itself, or its highest numbered version."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = (
-        [int(v) for v in os.listdir(path) if v.isdigit() and os.path.exists(os.path.join(path, v, "saved_model.pb"))]
-        if os.path.isdir(path)
-        else []
-    )
-    if not versions:
-        raise ValueError(f"{path!r} is neither a SavedModel version directory nor a directory of numbered versions.")
-    return os.path.join(path, str(max(versions)))
 
 
 def load_encoder(path, trainable=True, prefer_keras_file=True):
@@ -105,7 +95,7 @@ def load_encoder(path, trainable=True, prefer_keras_file=True):
     path = str(path)
     if not path.endswith(".keras"):
         version = resolve_version(path)
-        beside = os.path.join(version, export.METADATA_DIR, export.KERAS_FILE)
+        beside = os.path.join(version, savedmodel.METADATA_DIR, savedmodel.KERAS_FILE)
         if prefer_keras_file and os.path.exists(beside):
             path = beside
         elif trainable:
@@ -114,7 +104,7 @@ def load_encoder(path, trainable=True, prefer_keras_file=True):
             # "stem_conv_kernel:0", which Keras rejects as a scope name; plain
             # SGD (no slots) would work, momentum and Adam fail obscurely.
             raise ValueError(
-                f"{version} has no {export.METADATA_DIR}/{export.KERAS_FILE} beside its SavedModel, "
+                f"{version} has no {savedmodel.METADATA_DIR}/{savedmodel.KERAS_FILE} beside its SavedModel, "
                 "and Keras cannot fine-tune a TFSMLayer with a stateful optimizer. Use "
                 "trainable=False (frozen features), or re-export with kc.export.export_encoder, "
                 "which saves the .keras file beside the SavedModel."

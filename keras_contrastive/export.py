@@ -8,6 +8,7 @@ Layout written by `export_encoder` (the one TF Serving polls):
         saved_model.pb
         variables/
         assets.extra/keras_contrastive.json
+        assets.extra/encoder.keras
         assets.extra/tf_serving_warmup_requests
     2/
         ...
@@ -25,20 +26,22 @@ Signatures of every exported version:
   send raw pixels and cannot get the preprocessing wrong.
 - `embed_normalized`: same input, L2-normalized `embeddings` (unit rows, ready
   for cosine / dot-product retrieval).
+- `serving_bytes`: `image_bytes` string `[batch]` (encoded JPEG/PNG) ->
+  `embeddings`, decoded and resized to H, W inside the graph.
 
 `assets.extra/tf_serving_warmup_requests` holds a few requests that TF Serving
-replays when it loads the version (see `keras_contrastive.serving`); it is
-written when the TF Serving protos are installed
-(`pip install --no-deps tensorflow-serving-api`), otherwise the export warns.
+replays when it loads the version (`keras_contrastive.serving`). The names of
+the layout live in `keras_contrastive.savedmodel` (re-exported here, e.g.
+`export.INPUT_NAME`, `export.load_metadata`).
 
 The SavedModel needs neither Keras nor this library to be loaded:
 `tf.saved_model.load(path).signatures["serving_default"](images=...)` works
 with TensorFlow alone.
 
-Command line:
+Command line (`python -m keras_contrastive.inspect PATH` prints an export's
+signatures and metadata):
 
 ```
-python -m keras_contrastive.export inspect PATH
 python -m keras_contrastive.export export --model FILE.keras --export_dir DIR [--version N]
 ```
 """
@@ -57,27 +60,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
-SERVING_SIGNATURE = "serving_default"
-NORMALIZED_SIGNATURE = "embed_normalized"
-BYTES_SIGNATURE = "serving_bytes"
-BYTES_INPUT_NAME = "image_bytes"
-METADATA_DIR = "assets.extra"
-METADATA_FILE = "keras_contrastive.json"
-# The encoder as a Keras file beside the SavedModel, for fine-tuning with the
-# full Keras semantics (BN in training mode); TF Serving ignores assets.extra.
-KERAS_FILE = "encoder.keras"
-METADATA_FORMAT = 1
+from keras_contrastive import savedmodel
+from keras_contrastive import serving
+
+# The layout's names and readers, under the names users know from this module.
+from keras_contrastive.savedmodel import BYTES_INPUT_NAME as BYTES_INPUT_NAME
+from keras_contrastive.savedmodel import BYTES_SIGNATURE as BYTES_SIGNATURE
+from keras_contrastive.savedmodel import INPUT_NAME as INPUT_NAME
+from keras_contrastive.savedmodel import KERAS_FILE as KERAS_FILE
+from keras_contrastive.savedmodel import METADATA_DIR as METADATA_DIR
+from keras_contrastive.savedmodel import METADATA_FILE as METADATA_FILE
+from keras_contrastive.savedmodel import METADATA_FORMAT as METADATA_FORMAT
+from keras_contrastive.savedmodel import NORMALIZED_SIGNATURE as NORMALIZED_SIGNATURE
+from keras_contrastive.savedmodel import OUTPUT_NAME as OUTPUT_NAME
+from keras_contrastive.savedmodel import SERVING_SIGNATURE as SERVING_SIGNATURE
+from keras_contrastive.savedmodel import WARMUP_PATH as WARMUP_PATH
+from keras_contrastive.savedmodel import load_metadata as load_metadata
+
 # Computed from the exported graph; letting `metadata=` override them would
 # make the file contradict the SavedModel it describes.
 _RESERVED_METADATA_KEYS = ("format", "input", "output", "warmup_file")
-
-
-def _is_version_name(name):
-    # TF Serving parses version directory names as int64; only plain ASCII
-    # digits count (not "1.0", "-1", "٣" or hidden temp dirs).
-    return name.isascii() and name.isdigit()
 
 
 def _check_export_dir(export_dir):
@@ -136,7 +138,7 @@ def next_version(export_dir):
     if not os.path.isdir(export_dir):
         return 1
     # Numbered files count too: renaming the new version onto them would fail.
-    versions = [int(n) for n in os.listdir(export_dir) if _is_version_name(n)]
+    versions = [int(n) for n in os.listdir(export_dir) if savedmodel.is_version_name(n)]
     return max(versions, default=0) + 1
 
 
@@ -277,34 +279,11 @@ def _build_archive(encoder, image_shape):
     return archive, int(dim)
 
 
-def _read_signature_defs(version_path):
-    """Parses `saved_model.pb` into `{name: SignatureDef}` (no graph loading)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb_path = os.path.join(os.fspath(version_path), "saved_model.pb")
-    if not os.path.isfile(pb_path):
-        raise ValueError(
-            f"No SavedModel at {os.fspath(version_path)!r}: "
-            f"{pb_path!r} does not exist. Pass a version directory such as "
-            "'<export_dir>/1'."
-        )
-    saved_model = saved_model_pb2.SavedModel()
-    with open(pb_path, "rb") as f:
-        saved_model.ParseFromString(f.read())
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(
-        f"SavedModel at {os.fspath(version_path)!r} has no 'serve' tag set, "
-        "so TF Serving cannot load it. Re-export it with `export_encoder`."
-    )
-
-
 def _verify_signatures(version_path):
     # Checks the artifact TF Serving actually reads, so a change in how
     # ExportArchive / tf.saved_model name tensors cannot silently break the
     # client contract ("images" in, "embeddings" out).
-    signature_defs = _read_signature_defs(version_path)
+    signature_defs = savedmodel.read_signature_defs(version_path)
     for name, input_name, input_dtype in (
         (SERVING_SIGNATURE, INPUT_NAME, tf.uint8),
         (NORMALIZED_SIGNATURE, INPUT_NAME, tf.uint8),
@@ -336,15 +315,9 @@ def _write_version(encoder, path, image_shape, user_metadata):
     archive, dim = _build_archive(encoder, image_shape)
     archive.write_out(path, verbose=False)
     _verify_signatures(path)
-    # Lazy import: serving imports this module. `path` is the temporary
-    # directory inside export_dir, so its parent names the model.
-    from keras_contrastive import serving
-
-    warmup = serving.write_warmup_requests(
-        path,
-        model_name=os.path.basename(os.path.dirname(os.path.abspath(path))),
-        missing_ok=True,
-    )
+    # `path` is the temporary directory inside export_dir, so its parent
+    # names the model.
+    serving.write_warmup_requests(path, model_name=os.path.basename(os.path.dirname(os.path.abspath(path))))
     metadata = {
         "format": METADATA_FORMAT,
         "input": {
@@ -360,8 +333,7 @@ def _write_version(encoder, path, image_shape, user_metadata):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "signatures": [SERVING_SIGNATURE, NORMALIZED_SIGNATURE, BYTES_SIGNATURE],
         "keras_file": f"{METADATA_DIR}/{KERAS_FILE}",
-        # None when the TF Serving protos were not installed at export time.
-        "warmup_file": serving.METADATA_WARMUP if warmup else None,
+        "warmup_file": WARMUP_PATH,
     }
     metadata.update(user_metadata)
     os.makedirs(os.path.join(path, METADATA_DIR), exist_ok=True)
@@ -375,13 +347,14 @@ def export_encoder(model_or_encoder, export_dir, version=None, *, overwrite=Fals
     """Exports an encoder as a versioned SavedModel ready for TF Serving.
 
     Writes `<export_dir>/<version>/` with `saved_model.pb`, `variables/`,
-    `assets.extra/keras_contrastive.json` and, if `tensorflow_serving` is
-    importable, `assets.extra/tf_serving_warmup_requests` (requests TF Serving
-    replays at load time, see `serving.write_warmup_requests`; without it the
-    export warns once and the metadata's "warmup_file" is None). The version
-    is first written to a hidden temporary directory inside `export_dir` and
-    renamed into place when complete; on any error the temporary directory is
-    removed, so a numbered directory is always a complete SavedModel.
+    `assets.extra/keras_contrastive.json`, `assets.extra/encoder.keras` and
+    `assets.extra/tf_serving_warmup_requests` (requests TF Serving replays at
+    load time, see `serving.write_warmup_requests`; the TF Serving protos are
+    a dependency, and without them the export fails before writing anything).
+    The version is first written to a hidden temporary directory inside
+    `export_dir` and renamed into place when complete; on any error the
+    temporary directory is removed, so a numbered directory is always a
+    complete SavedModel.
 
     Signatures (both take `images`, uint8 `[batch, H, W, C]`, any batch size):
 
@@ -433,6 +406,8 @@ def export_encoder(model_or_encoder, export_dir, version=None, *, overwrite=Fals
             "importing keras."
         )
     image_shape = _image_shape(encoder)
+    # The warmup file needs TF Serving's protos: fail before anything is written.
+    serving._serving_apis()
 
     os.makedirs(export_dir, exist_ok=True)
     _remove_stale_temporaries(export_dir)
@@ -512,98 +487,7 @@ def _move_into_place(tmp_path, final_path, overwrite):
         os.remove(old_path)
 
 
-def load_metadata(version_path):
-    """Reads the metadata written by `export_encoder`.
-
-    Args:
-        version_path: str or os.PathLike. A version directory, e.g. the path
-            returned by `export_encoder` (`<export_dir>/<version>`).
-
-    Returns:
-        dict. The JSON metadata: "format", "input" (name, dtype, shape,
-        preprocessing), "output" (name, dim), "encoder", "keras_version",
-        "tensorflow_version", "created", "signatures", "keras_file",
-        "warmup_file" (None if not written) and any user entries.
-    """
-    if not isinstance(version_path, (str, os.PathLike)):
-        raise ValueError(
-            "`version_path` must be a str or os.PathLike, got "
-            f"{version_path!r}. Pass a version directory, e.g. "
-            "'/models/my_encoder/1'."
-        )
-    version_path = os.fspath(version_path)
-    path = os.path.join(version_path, METADATA_DIR, METADATA_FILE)
-    if not os.path.isfile(path):
-        hint = ""
-        if os.path.isdir(version_path) and not os.path.isfile(os.path.join(version_path, "saved_model.pb")):
-            hint = (
-                " It holds no saved_model.pb either; pass a version directory "
-                f"such as {os.path.join(version_path, '1')!r}."
-            )
-        raise ValueError(
-            f"No keras_contrastive metadata at {path!r}: {version_path!r} was not written by `export_encoder`.{hint}"
-        )
-    with open(path) as f:
-        return json.load(f)
-
-
 # ------------------------------------------------------------- command line
-
-
-def _format_tensor_info(name, info):
-    from tensorflow.core.framework import types_pb2
-
-    if info.tensor_shape.unknown_rank:
-        shape = "unknown rank"
-    else:
-        dims = [d.size for d in info.tensor_shape.dim]
-        shape = "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
-    dtype = tf.dtypes.as_dtype(info.dtype).name
-    enum_name = types_pb2.DataType.Name(info.dtype)  # As saved_model_cli shows it.
-    return f"    {name}: {dtype} ({enum_name}) shape {shape}"
-
-
-def _resolve_version_path(path):
-    # Accept the export_dir too (inspect its latest version), as
-    # `saved_model_cli` users often point at the base directory by mistake.
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    if os.path.isdir(path):
-        latest = next_version(path) - 1
-        candidate = os.path.join(path, str(latest))
-        if latest >= 1 and os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    raise ValueError(
-        f"No SavedModel found at {path!r}. Pass a version directory "
-        "('<export_dir>/<version>') or an export_dir holding numbered versions."
-    )
-
-
-def _inspect(path, out):
-    version_path = _resolve_version_path(path)
-    print(f"SavedModel: {version_path}", file=out)
-    signature_defs = _read_signature_defs(version_path)
-    # serving_default first: it is what TF Serving uses when none is named.
-    names = sorted(signature_defs, key=lambda n: (n != SERVING_SIGNATURE, n))
-    for sig_name in names:
-        if sig_name.startswith("__"):  # e.g. __saved_model_init_op
-            continue
-        sig = signature_defs[sig_name]
-        print(f"signature {sig_name!r} (method {sig.method_name}):", file=out)
-        print("  inputs:", file=out)
-        for name in sorted(sig.inputs):
-            print(_format_tensor_info(name, sig.inputs[name]), file=out)
-        print("  outputs:", file=out)
-        for name in sorted(sig.outputs):
-            print(_format_tensor_info(name, sig.outputs[name]), file=out)
-    try:
-        metadata = load_metadata(version_path)
-    except ValueError:
-        print("metadata: none (not written by keras_contrastive)", file=out)
-    else:
-        print("metadata:", file=out)
-        print(json.dumps(metadata, indent=2, sort_keys=True), file=out)
 
 
 def main(argv=None):
@@ -618,11 +502,12 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(
         prog="python -m keras_contrastive.export",
-        description="Export keras_contrastive encoders for TF Serving, or inspect an exported SavedModel.",
+        description=(
+            "Export keras_contrastive encoders for TF Serving. (`python -m keras_contrastive.inspect PATH` "
+            "prints an export's signatures and metadata.)"
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_inspect = sub.add_parser("inspect", help="Print signatures (names, dtypes, shapes) and metadata.")
-    p_inspect.add_argument("path", help="Version directory, or export_dir (latest version).")
     p_export = sub.add_parser("export", help="Export the encoder of a .keras file as a new version.")
     p_export.add_argument("--model", required=True, help="A .keras file (encoder or trainer).")
     p_export.add_argument("--export_dir", required=True, help="Base directory.")
@@ -631,18 +516,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     try:
-        if args.command == "inspect":
-            _inspect(args.path, sys.stdout)
-        else:
-            if not os.path.isfile(args.model):
-                raise ValueError(
-                    f"--model {args.model!r} does not exist. Pass a file saved with `model.save('encoder.keras')`."
-                )
-            # compile=False: the optimizer/loss are irrelevant for inference
-            # and may reference custom objects that are not importable here.
-            model = keras.saving.load_model(args.model, compile=False)
-            path = export_encoder(model, args.export_dir, args.version, overwrite=args.overwrite)
-            print(path)
+        if not os.path.isfile(args.model):
+            raise ValueError(
+                f"--model {args.model!r} does not exist. Pass a file saved with `model.save('encoder.keras')`."
+            )
+        # compile=False: the optimizer/loss are irrelevant for inference
+        # and may reference custom objects that are not importable here.
+        model = keras.saving.load_model(args.model, compile=False)
+        path = export_encoder(model, args.export_dir, args.version, overwrite=args.overwrite)
+        print(path)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

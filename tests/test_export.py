@@ -1,5 +1,6 @@
-"""Tests for keras_contrastive.export (SavedModel export for TF Serving)."""
+"""Tests for keras_contrastive.export (SavedModel export for TF Serving) and keras_contrastive.savedmodel."""
 
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import tensorflow as tf
 from conftest import NO_KERAS_PRELUDE
 
 from keras_contrastive import export
+from keras_contrastive import savedmodel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, C, DIM = 16, 16, 3, 8
@@ -362,20 +364,18 @@ def test_failed_export_leaves_nothing(encoder, tmp_path, monkeypatch, fail):
     assert os.path.isfile(os.path.join(path1, "saved_model.pb"))
 
 
-def test_cli_inspect(exported):
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_contrastive.export", "inspect", exported],
-        capture_output=True,
-        text=True,
-        env=_subprocess_env(),
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+def test_describe(exported):
+    out = io.StringIO()
+    assert savedmodel.describe(exported, out) == exported
+    out = out.getvalue()
+    assert out.startswith(f"SavedModel: {exported}\n")
     assert "signature 'serving_default'" in out
     assert "signature 'embed_normalized'" in out
     assert "images: uint8 (DT_UINT8) shape [None, 16, 16, 3]" in out
     assert "embeddings: float32 (DT_FLOAT) shape [None, 8]" in out
+    assert "image_bytes: string (DT_STRING) shape [None]" in out
+    assert out.index("signature 'serving_default'") < out.index("signature 'embed_normalized'")  # the default first
+    assert "__saved_model_init_op" not in out
     assert '"dataset": "unit-test"' in out
 
 
@@ -397,11 +397,17 @@ def test_cli_export_and_errors(encoder, tmp_path, capsys):
         _reference(encoder, images),
         atol=1e-5,
     )
-    # `inspect` on the base directory shows the latest version.
-    assert export.main(["inspect", export_dir]) == 0
-    assert os.path.join(export_dir, "5") in capsys.readouterr().out
-    assert export.main(["inspect", str(tmp_path / "nothing")]) == 2
-    assert "No SavedModel found" in capsys.readouterr().err
+    # Described from the base directory: its latest version.
+    out = io.StringIO()
+    assert savedmodel.describe(export_dir, out) == os.path.join(export_dir, "5")
+    assert out.getvalue().startswith(f"SavedModel: {os.path.join(export_dir, '5')}\n")
+    with pytest.raises(ValueError, match="No SavedModel found"):
+        savedmodel.describe(str(tmp_path / "nothing"), io.StringIO())
+    # `inspect` moved to `python -m keras_contrastive.inspect`.
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["inspect", export_dir])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'inspect'" in capsys.readouterr().err
 
 
 def test_verify_signatures_rejects_keras_default_names(encoder, tmp_path):
@@ -467,3 +473,150 @@ def test_temporaries_of_killed_exports_are_removed_once_stale(encoder, tmp_path)
     os.utime(stale, (old, old))
     assert export.export_encoder(encoder, str(base)).endswith("1")
     assert not stale.exists() and fresh.exists()  # a young one may be another process's export
+
+
+# ------------------------------------------------------------- keras_contrastive.savedmodel
+
+
+def _fake_version(path):
+    # resolve_version looks for saved_model.pb only; an empty one will do.
+    os.makedirs(path, exist_ok=True)
+    open(os.path.join(path, "saved_model.pb"), "wb").close()
+    return str(path)
+
+
+def test_resolve_version(exported, tmp_path):
+    assert savedmodel.resolve_version(exported) == exported  # a version directory is itself
+    assert savedmodel.resolve_version(exported, version=1) == exported
+    with pytest.raises(ValueError, match="is a version directory itself, not version 2"):
+        savedmodel.resolve_version(exported, version=2)
+
+    base = tmp_path / "model"
+    for version in (1, 2, 10):
+        _fake_version(base / str(version))
+    _fake_version(base / ".tmp-11-abc")  # an export in progress
+    for name in ("abc", "1.5", "12a", "-13", "٣"):
+        _fake_version(base / name)
+    os.makedirs(base / "14")  # a numbered directory without a SavedModel
+    (base / "15").write_text("")  # a numbered file
+    assert savedmodel.resolve_version(base) == str(base / "10")  # numerically, not "2" > "10"
+    assert savedmodel.resolve_version(str(base)) == str(base / "10")
+    assert savedmodel.resolve_version(base, version=2) == str(base / "2")
+    with pytest.raises(ValueError, match=r"No version 3 in .* \(it has versions \[1, 2, 10\]\)"):
+        savedmodel.resolve_version(base, version=3)
+    with pytest.raises(ValueError, match="No version 14"):
+        savedmodel.resolve_version(base, version=14)
+
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "missing", base / "15"):
+        with pytest.raises(ValueError, match="No SavedModel found"):
+            savedmodel.resolve_version(path)
+    with pytest.raises(ValueError, match="must be a str or os.PathLike"):
+        savedmodel.resolve_version(None)
+    for version in (-1, True, "2", 2.0):
+        with pytest.raises(ValueError, match="`version` must be a non-negative int"):
+            savedmodel.resolve_version(base, version=version)
+
+
+def test_old_names_are_the_savedmodel_ones():
+    import keras_contrastive as kc
+
+    assert kc.savedmodel is savedmodel
+    assert kc.downstream.resolve_version is savedmodel.resolve_version
+    assert kc.export.load_metadata is savedmodel.load_metadata
+    for name in (
+        "INPUT_NAME", "OUTPUT_NAME", "SERVING_SIGNATURE", "NORMALIZED_SIGNATURE", "BYTES_SIGNATURE",
+        "BYTES_INPUT_NAME", "METADATA_DIR", "METADATA_FILE", "KERAS_FILE", "METADATA_FORMAT",
+    ):  # fmt: skip
+        assert getattr(kc.export, name) == getattr(savedmodel, name), name
+    assert kc.serving.WARMUP_FILE == savedmodel.WARMUP_FILE == "tf_serving_warmup_requests"
+    assert kc.serving.METADATA_WARMUP == savedmodel.WARMUP_PATH == "assets.extra/tf_serving_warmup_requests"
+
+
+# What each module may import of the package: no circle between export, serving
+# and downstream, and savedmodel at the bottom.
+ALLOWED_IMPORTS = {
+    "savedmodel": set(),
+    "serving": {"savedmodel"},
+    "export": {"savedmodel", "serving"},
+    "downstream": {"savedmodel", "layers"},
+}
+
+
+def _package_imports(source):
+    """Modules of keras_contrastive that `source` imports anywhere, inside functions too."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "keras_contrastive":
+                found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "keras_contrastive" and len(parts) > 1:
+                    found.add(parts[1])
+    return found
+
+
+def test_package_imports_follow_the_layers():
+    # The reader itself, on the circle these modules had (lazy imports included).
+    assert _package_imports(
+        "from keras_contrastive import export\ndef f():\n    from keras_contrastive import serving"
+    ) == {
+        "export",
+        "serving",
+    }
+    assert _package_imports("import keras_contrastive.layers\nfrom keras_contrastive.savedmodel import X") == {
+        "layers",
+        "savedmodel",
+    }
+    for module, allowed in ALLOWED_IMPORTS.items():
+        with open(os.path.join(REPO_ROOT, "keras_contrastive", f"{module}.py")) as f:
+            imported = _package_imports(f.read())
+        assert imported <= allowed, (module, sorted(imported - allowed))
+
+
+# Imports each module of the package in turn, afresh, without running the package's __init__ (which imports
+# them all), and prints the package modules that came along with it. One process: TensorFlow and Keras stay
+# loaded between the modules (a second import of theirs would cost seconds), the package's modules do not
+# (Keras 3.15 accepts a class registered again under the same name).
+_IMPORT_ALONE = textwrap.dedent(
+    """
+    import importlib, json, os, sys, types
+
+    root, modules = sys.argv[1], sys.argv[2:]
+    loaded = {}
+    for module in modules:
+        for name in [m for m in sys.modules if m == "keras_contrastive" or m.startswith("keras_contrastive.")]:
+            del sys.modules[name]
+        package = types.ModuleType("keras_contrastive")
+        package.__path__ = [os.path.join(root, "keras_contrastive")]
+        sys.modules["keras_contrastive"] = package
+        importlib.import_module("keras_contrastive." + module)
+        loaded[module] = sorted(m.split(".")[1] for m in sys.modules if m.startswith("keras_contrastive."))
+    print(json.dumps(loaded))
+    """
+)
+
+
+def test_importing_a_module_loads_only_the_ones_below_it():
+    expected = {
+        "savedmodel": ["savedmodel"],
+        "serving": ["savedmodel", "serving"],
+        "export": ["export", "savedmodel", "serving"],
+        "downstream": ["distribute", "downstream", "layers", "savedmodel"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALONE, REPO_ROOT, *expected],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected

@@ -2,7 +2,8 @@
 
 The reference for every number is the in-process encoder on `uint8 / 255`;
 requests and warmup records are checked against the loaded SavedModel's own
-signatures, not against the module's validation code.
+signatures, not against the module's validation code. Requests are answered by
+`serving_double`, the tests' in-process stand-in for the model server.
 """
 
 import base64
@@ -10,33 +11,20 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_double import predict
+from serving_double import rest_predict
+
+# A plain dependency of the package: missing, the module fails to import (no skip).
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from keras_contrastive import export
 from keras_contrastive import serving
-
-try:
-    from tensorflow_serving.apis import predict_pb2
-    from tensorflow_serving.apis import prediction_log_pb2
-except ImportError:  # the tests that need them fail naming the pip command
-    predict_pb2 = prediction_log_pb2 = None
-
-
-@pytest.fixture
-def serving_apis():
-    # Fails, not skips: CI and the README's test command install the protos (issue 15).
-    if predict_pb2 is None:
-        pytest.fail(
-            "TF Serving's request protos are missing: run `pip install --no-deps tensorflow-serving-api==2.21.0`"
-        )
-
-
-needs_apis = pytest.mark.usefixtures("serving_apis")
 
 H, W, C, DIM = 16, 16, 3, 8
 MODEL_NAME = "tiny_model"
@@ -99,7 +87,6 @@ def _read_records(version_path):
     return logs
 
 
-@needs_apis
 def test_warmup_file_is_written_and_parses(exported):
     logs = _read_records(exported)
     requests = [log.predict_log.request for log in logs]
@@ -118,7 +105,6 @@ def test_warmup_file_is_written_and_parses(exported):
     assert serving.read_warmup_requests(exported) == logs
 
 
-@needs_apis
 def test_warmup_requests_match_signatures_and_run(encoder, exported, loaded):
     for log in _read_records(exported):
         request = log.predict_log.request
@@ -135,7 +121,7 @@ def test_warmup_requests_match_signatures_and_run(encoder, exported, loaded):
             if spec.dtype == tf.uint8:
                 assert shape[1:] == [H, W, C]
 
-        response = serving.predict(loaded, request)
+        response = predict(loaded, request)
         assert response.model_spec.signature_name == name
         assert response.model_spec.name == MODEL_NAME
         got = _embeddings(response)
@@ -151,7 +137,6 @@ def test_warmup_requests_match_signatures_and_run(encoder, exported, loaded):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@needs_apis
 def test_request_round_trips_through_bytes(encoder, exported, loaded):
     images = _images(3, seed=7)
     request = serving.predict_request(images, model_name=MODEL_NAME)
@@ -170,9 +155,9 @@ def test_request_round_trips_through_bytes(encoder, exported, loaded):
     expected = _reference(encoder, images)
     np.testing.assert_allclose(direct, expected, atol=1e-5)
 
-    from_bytes = serving.predict(loaded, wire)
+    from_bytes = predict(loaded, wire)
     # A path (the base directory: its latest version) is loaded per call.
-    from_path = serving.predict(os.path.dirname(exported), parsed)
+    from_path = predict(os.path.dirname(exported), parsed)
     assert from_path.model_spec.version.value == 1
     for response in (from_bytes, from_path):
         response = predict_pb2.PredictResponse.FromString(response.SerializeToString())
@@ -211,7 +196,6 @@ def _unknown_output(request):
     request.output_filter.append("logits")
 
 
-@needs_apis
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -244,31 +228,29 @@ def _unknown_output(request):
 )
 def test_predict_rejects_bad_requests(loaded, corrupt, message):
     request = serving.predict_request(_images(2, seed=3))
-    serving.predict(loaded, request)  # valid before corruption
+    predict(loaded, request)  # valid before corruption
     corrupt(request)
     with pytest.raises(ValueError, match=message):
-        serving.predict(loaded, request)
+        predict(loaded, request)
 
 
-@needs_apis
 def test_predict_request_selects_version(exported):
     base = os.path.dirname(exported)
     request = serving.predict_request(_images(1, seed=4))
     request.model_spec.version.value = 1
-    assert serving.predict(base, request).model_spec.version.value == 1
+    assert predict(base, request).model_spec.version.value == 1
     request.model_spec.version.value = 5
     with pytest.raises(ValueError, match=r"Servable not found for request"):
-        serving.predict(base, request)
+        predict(base, request)
     request.model_spec.version.value = 2
     with pytest.raises(ValueError, match="asks for version 2 but .* is version 1"):
-        serving.predict(exported, request)
+        predict(exported, request)
 
 
 def _rest_numbers(result, key):
     return np.asarray(result[key], dtype=np.float32)
 
 
-@needs_apis
 def test_rest_instances_and_inputs_agree(encoder, loaded):
     images = _images(3, seed=11)
     expected = _reference(encoder, images)
@@ -286,16 +268,16 @@ def test_rest_instances_and_inputs_agree(encoder, loaded):
     }
     for key, forms in bodies.items():
         for body in forms:
-            result = serving.rest_predict(loaded, body)
+            result = rest_predict(loaded, body)
             assert list(result) == [key]
             got = _rest_numbers(result, key)
             assert got.shape == (3, DIM)
             np.testing.assert_allclose(got, expected, atol=1e-5)
     # JSON out and back in: what a client actually receives.
-    wire = json.loads(json.dumps(serving.rest_predict(loaded, {"instances": pixels})))
+    wire = json.loads(json.dumps(rest_predict(loaded, {"instances": pixels})))
     np.testing.assert_allclose(_rest_numbers(wire, "predictions"), expected, atol=1e-5)
 
-    normalized = serving.rest_predict(loaded, {"signature_name": "embed_normalized", "instances": pixels})
+    normalized = rest_predict(loaded, {"signature_name": "embed_normalized", "instances": pixels})
     np.testing.assert_allclose(
         _rest_numbers(normalized, "predictions"),
         expected / np.linalg.norm(expected, axis=1, keepdims=True),
@@ -303,15 +285,14 @@ def test_rest_instances_and_inputs_agree(encoder, loaded):
     )
 
 
-@needs_apis
 def test_rest_base64_png_matches_uint8(encoder, exported):
     images = _images(2, seed=12)
     pngs = [tf.io.encode_png(image).numpy() for image in images]
     assert all(png.startswith(b"\x89PNG") for png in pngs)
     b64 = [{"b64": base64.b64encode(png).decode("ascii")} for png in pngs]
-    uint8 = serving.rest_predict(exported, {"instances": images.tolist()})
-    rows = serving.rest_predict(exported, {"signature_name": "serving_bytes", "instances": b64})
-    columns = serving.rest_predict(
+    uint8 = rest_predict(exported, {"instances": images.tolist()})
+    rows = rest_predict(exported, {"signature_name": "serving_bytes", "instances": b64})
+    columns = rest_predict(
         exported,
         {"signature_name": "serving_bytes", "inputs": {"image_bytes": b64}},
     )
@@ -321,13 +302,12 @@ def test_rest_base64_png_matches_uint8(encoder, exported):
     np.testing.assert_allclose(want, _reference(encoder, images), atol=1e-5)
     # The gRPC form of the same bytes.
     request = serving.predict_request(pngs, signature_name="serving_bytes")
-    np.testing.assert_allclose(_embeddings(serving.predict(exported, request)), want, atol=1e-5)
+    np.testing.assert_allclose(_embeddings(predict(exported, request)), want, atol=1e-5)
 
 
 _IMAGE = _images(1, seed=0)[0].tolist()
 
 
-@needs_apis
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -355,37 +335,24 @@ _IMAGE = _images(1, seed=0)[0].tolist()
 )
 def test_rest_rejects_malformed_bodies(loaded, body, message):
     with pytest.raises(ValueError, match=message):
-        serving.rest_predict(loaded, body)
+        rest_predict(loaded, body)
 
 
-def test_export_without_tensorflow_serving(encoder, tmp_path, monkeypatch):
+def test_export_without_tensorflow_serving_fails_naming_the_pip_command(encoder, tmp_path, monkeypatch):
+    # A dependency now: every export carries the warmup file, and an
+    # environment that lost the protos gets an error, not an export without it.
     names = [n for n in sys.modules if n.split(".")[0] == "tensorflow_serving"]
     for name in set(names) | {"tensorflow_serving"}:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError):
         from tensorflow_serving.apis import predict_pb2 as _  # noqa: F401
-    monkeypatch.setattr(serving, "_warned_missing_apis", False)
 
-    with pytest.warns(UserWarning, match=r"pip install --no-deps tensorflow-serving-api"):
-        path = export.export_encoder(encoder, tmp_path / MODEL_NAME)
-    assert not os.path.exists(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
-    assert export.load_metadata(path)["warmup_file"] is None
-    images = _images(2, seed=13)
-    served = tf.saved_model.load(path).signatures["serving_default"]
-    np.testing.assert_allclose(
-        served(images=tf.constant(images))["embeddings"].numpy(),
-        _reference(encoder, images),
-        atol=1e-5,
-    )
-    # Once per process: a second export stays quiet.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with pytest.raises(ImportError, match=r"pip install tensorflow-serving-api"):
         export.export_encoder(encoder, tmp_path / MODEL_NAME)
-    assert not [w for w in caught if "tensorflow-serving-api" in str(w.message)]
-    assert sorted(os.listdir(tmp_path / MODEL_NAME)) == ["1", "2"]
+    assert not (tmp_path / MODEL_NAME).exists()  # checked before anything is written
     # Serving helpers themselves fail loudly, naming the install command.
-    with pytest.raises(ImportError, match="pip install --no-deps tensorflow-serving-api"):
-        serving.predict_request(images)
+    with pytest.raises(ImportError, match="pip install tensorflow-serving-api"):
+        serving.predict_request(_images(2, seed=13))
 
 
 def test_the_served_graph_checks_the_image_shape_itself(exported):
