@@ -290,6 +290,39 @@ def knn_accuracy(
     return float(np.mean(predictions == test_labels))
 
 
+def knn_and_retrieval(
+    bank_features, bank_labels, query_features, query_labels, k=200, temperature=0.1, num_classes=None, verbose=0
+):
+    """Weighted kNN accuracy (`knn_accuracy`) and retrieval (`retrieval_metrics`) from one neighbour search.
+
+    Args:
+        bank_features: float `[N, dim]`. bank_labels: int `[N]`.
+        query_features: float `[M, dim]`. query_labels: int `[M]`.
+        k, temperature, num_classes, verbose: as in `knn_predict`.
+
+    Returns:
+        `(results, indices)`: the dict of `knn_accuracy`, `recall@K` and
+        `map@R` (`RETRIEVAL_KS`, `RETRIEVAL_MAP_AT`), floats in [0, 1], and the
+        int64 `[M, max(k, 10, 100)]` bank rows nearest to each query, nearest
+        first (for pictures of the neighbours).
+    """
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+    bank_labels, query_labels = np.asarray(bank_labels).reshape(-1), np.asarray(query_labels).reshape(-1)
+    if len(bank_labels) != len(bank_features) or len(query_labels) != len(query_features):
+        raise ValueError("Each feature array needs exactly one label per row.")
+    classes = int(num_classes or bank_labels.max() + 1)
+    bank_labels = _check_class_labels(bank_labels, classes, "Training labels")
+    indices, sims = nearest_neighbours(
+        bank_features, query_features, max(k, *RETRIEVAL_KS, RETRIEVAL_MAP_AT), verbose=verbose
+    )
+    depth = min(k, len(bank_labels))
+    votes = _weighted_votes(indices[:, :depth], sims[:, :depth], bank_labels, temperature, classes)
+    results = {"knn_accuracy": float(np.mean(votes == query_labels))}
+    results.update(_retrieval_from(indices, bank_labels, query_labels, RETRIEVAL_KS, RETRIEVAL_MAP_AT))
+    return results, indices
+
+
 PROBE_SOLVERS = ("lbfgs", "adamw")
 
 
@@ -430,23 +463,14 @@ def evaluate_frozen(
     before = [np.array(w) for w in encoder.get_weights()]
     f_train, y_train = _features_and_labels(encoder, train, "train", verbose)
     f_test, y_test = _features_and_labels(encoder, test, "test", verbose)
-    results = {}
     if retrieval:
-        # One neighbour search for both the kNN vote and the retrieval ranking.
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-        y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
-        classes = int(num_classes or y_train.max() + 1)
-        bank_labels = _check_class_labels(y_train, classes, "Training labels")
-        indices, sims = nearest_neighbours(f_train, f_test, max(k, *RETRIEVAL_KS, RETRIEVAL_MAP_AT), verbose=verbose)
-        depth = min(k, len(y_train))
-        votes = _weighted_votes(indices[:, :depth], sims[:, :depth], bank_labels, temperature, classes)
-        results["knn_accuracy"] = float(np.mean(votes == y_test))
-        results.update(_retrieval_from(indices, bank_labels, y_test, RETRIEVAL_KS, RETRIEVAL_MAP_AT))
+        results, _ = knn_and_retrieval(f_train, y_train, f_test, y_test, k, temperature, num_classes, verbose)
     else:
-        results["knn_accuracy"] = knn_accuracy(
-            f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
-        )
+        results = {
+            "knn_accuracy": knn_accuracy(
+                f_train, y_train, f_test, y_test, k=k, temperature=temperature, num_classes=num_classes, verbose=verbose
+            )
+        }
     if probe_epochs:
         results["linear_probe_accuracy"] = linear_probe(
             f_train, y_train, f_test, y_test, num_classes=num_classes, solver=solver, epochs=probe_epochs, verbose=0

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_contrastive as kc  # noqa: E402
+from keras_contrastive import inspect as kc_inspect  # noqa: E402
 
 
 def at_least(minimum, kind=int):
@@ -681,14 +682,18 @@ def evaluate_frozen(args, encoder, labelled=True):
 
 
 def pictures(args, model, queries=8, neighbours=8, mapped=1000):
-    """What the encoder learned, as pictures (`kc.pictures`), after evaluation on the chief.
+    """What the encoder learned, as pictures (`kc.inspect.pictures`, the same as `python -m
+    keras_contrastive.inspect` draws), after evaluation on the chief.
 
     Written as PNG files under `--model_dir/pictures/` and as TensorBoard images
-    (`logs/pictures`): the nearest neighbours of `queries` test images in the
-    bank (other classes framed red), a 2-D map of `mapped` test embeddings by
-    label, the cosine similarities of a batch's two views (a trainer's own
-    embeddings; an image's two views on the off-diagonals when training works),
-    and a ResNet's first-layer kernels. Returns `{name: png path}`.
+    (`logs/pictures`): a few test images' two augmented views, their nearest
+    neighbours in the bank (other classes framed red), a 2-D map of `mapped`
+    test embeddings by label, the cosine similarities of the views' embeddings
+    (a trainer's projections; an image's two views on the off-diagonals when
+    training works), and a ResNet's first-layer kernels and feature maps or a
+    ViT's class-token attention maps. The same `mapped` test embeddings go to
+    TensorBoard's embedding projector (`logs/projector`, with a sprite of the
+    images). Returns `{name: png path}`.
     """
     if args.no_pictures or args.no_eval or not kc.distribute.is_chief():
         return {}
@@ -702,26 +707,30 @@ def pictures(args, model, queries=8, neighbours=8, mapped=1000):
     bank_features = kc.evaluation.extract_features(encoder, bank_images, verbose=0)
     test_features = kc.evaluation.extract_features(encoder, test_images, verbose=0)
     indices, _ = kc.evaluation.nearest_neighbours(bank_features, test_features[:queries], neighbours)
-    drawn = {
-        "retrieval": kc.pictures.retrieval_grid(
-            test_images[:queries], bank_images, indices, test_labels[:queries], bank_labels
-        ),
-        "embedding_map": kc.pictures.embedding_map(kc.pictures.layout_2d(test_features), test_labels),
-    }
-    if getattr(model, "augmenter", None) is not None and hasattr(model, "projection_head"):
+    views = embed_views = None
+    if getattr(model, "augmenter", None) is not None:
         batch = test_images[:32]  # however few the evaluation images are
         views = first_views(model.views_dataset(tf.data.Dataset.from_tensor_slices(batch), len(batch), seed=args.seed))
-        features = [encoder(views[:, v], training=False) for v in range(2)]
-        z = model.project(features, training=False).numpy()
-        drawn["similarity_matrix"] = kc.pictures.similarity_matrix(z[: len(z) // 2], z[len(z) // 2 :])
-    if not args.encoder.startswith("vit"):
-        drawn["first_layer_kernels"] = kc.pictures.first_layer_kernels(encoder)
-    kc.pictures.write_to_tensorboard(os.path.join(args.model_dir, "logs", "pictures"), drawn)
-    paths = {
-        name: kc.pictures.save_png(os.path.join(args.model_dir, "pictures", f"{name}.png"), image)
-        for name, image in drawn.items()
-    }
-    print(f"Pictures: {', '.join(paths.values())}")
+        views = np.asarray(views[:, :2], "float32")
+        if hasattr(model, "projection_head"):
+            embed_views = lambda x: model.project([encoder(x, training=False)], training=False)  # noqa: E731
+    drawn = kc_inspect.pictures(
+        encoder,
+        (bank_images, bank_labels),
+        (test_images, test_labels),
+        indices,
+        test_features,
+        views,
+        embed_views,
+        queries=queries,
+        neighbours=neighbours,
+        mapped=mapped,
+        seed=args.seed,
+    )
+    logs = os.path.join(args.model_dir, "logs")
+    paths = kc_inspect.save_pictures(drawn, os.path.join(args.model_dir, "pictures"), os.path.join(logs, "pictures"))
+    kc.pictures.write_projector(os.path.join(logs, "projector"), test_features, test_labels, test_images)
+    print(f"Pictures: {', '.join(paths.values())}; embedding projector: tensorboard --logdir {logs}")
     return paths
 
 

@@ -201,3 +201,19 @@ def test_nearest_neighbours_and_retrieval_on_features_whose_neighbours_are_known
     assert metrics["map@4"] == pytest.approx(((1 / 3 + 2 / 4) / 2 + 0.0) / 2)
     perfect = evaluation.retrieval_metrics(bank, labels, bank[:2], labels[:2], ks=(1,), map_at=1)
     assert perfect == {"recall@1": 1.0, "map@1": 1.0}
+
+
+def test_knn_and_retrieval_equals_the_separate_figures_and_returns_the_neighbours(rng):
+    bank, queries = rng.normal(size=(300, 8)), rng.normal(size=(40, 8))
+    bank_labels, query_labels = rng.integers(0, 4, 300), rng.integers(0, 4, 40)
+    for k in (1, 3, 20):
+        results, indices = evaluation.knn_and_retrieval(bank, bank_labels, queries, query_labels, k=k)
+        assert results["knn_accuracy"] == evaluation.knn_accuracy(bank, bank_labels, queries, query_labels, k=k)
+    assert {k: v for k, v in results.items() if k != "knn_accuracy"} == evaluation.retrieval_metrics(
+        bank, bank_labels, queries, query_labels
+    )
+    normalized = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    expected = np.argsort(-normalized(queries) @ normalized(bank).T, axis=1, kind="stable")[:, :100]
+    np.testing.assert_array_equal(indices, expected)
+    with pytest.raises(ValueError, match="temperature"):
+        evaluation.knn_and_retrieval(bank, bank_labels, queries, query_labels, temperature=0.0)

@@ -108,6 +108,8 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
     extra = ["--encoder", encoder, "--hidden_dim", "64"]
     if encoder == "vit_tiny":
         extra += ["--patch_size", "8", "--optimizer", "adamw", "--learning_rate", "1.5e-4", "--weight_decay", "0.1"]
+        # ViT-Tiny's width with 2 of its 12 blocks (time: the full depth trains in test_moco_v3.py's short run).
+        extra += ["--vit_depth", "2"]
     else:
         # SimCLR's Fashion-MNIST optimizer: six steps of it learn (kNN 0.59, probe 0.61 against 0.44 / 0.44 at
         # rate 0, measured 2026-12-02); six steps of the recipe's LARS do not (kNN 0.42).
@@ -196,8 +198,22 @@ def test_simclr_recipe_end_to_end(tmp_path):
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     assert (model_dir / "views.png").exists()
     # The pictures (issue 12): PNG files of their stated kind, not blank, and the same in TensorBoard.
-    drawn = {"retrieval", "embedding_map", "similarity_matrix", "first_layer_kernels"}
+    drawn = {
+        "augmented_views",
+        "retrieval",
+        "embedding_map",
+        "similarity_matrix",
+        "first_layer_kernels",
+        "feature_maps",
+    }
     assert {name[:-4] for name in os.listdir(model_dir / "pictures")} == drawn
+    # The embedding projector: the 1000 mapped test embeddings, their labels and a sprite of the images.
+    projector = model_dir / "logs" / "projector"
+    assert len((projector / "metadata.tsv").read_text().splitlines()) == 1000
+    assert tf.train.load_variable(str(projector), "embeddings/.ATTRIBUTES/VARIABLE_VALUE").shape == (1000, 64)
+    assert "sprite.png" in (projector / "projector_config.pbtxt").read_text()
+    # An export made in the environment the README installs carries TF Serving's warmup file (issue 12).
+    assert (export_dir / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
     embedding_map = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "embedding_map.png"))).numpy()
     assert embedding_map.shape == (512, 512, 3) and embedding_map.var() > 0
     retrieval = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "retrieval.png"))).numpy()
@@ -275,7 +291,7 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
     subset_file = tmp_path / "labels_10percent.txt"
     subset_file.write_text("# every 10th training example\n" + "\n".join(str(i) for i in range(0, 512, 10)) + "\n")
     for source, choice in (
-        (str(export_dir), ["--label_fractions", "0.1,1.0"]),
+        (str(export_dir), ["--label_fractions", "0.1"]),
         (str(model_dir / "checkpoints" / "epoch_002.keras"), ["--label_subset", str(subset_file)]),
     ):
         out = tmp_path / ("ft_" + os.path.basename(source))
@@ -304,8 +320,7 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads((out / "results.json").read_text())
         if choice[0] == "--label_fractions":
-            assert list(results) == ["0.1", "1"]
-            assert 48 <= results["0.1"]["labels"] <= 56 and results["1"]["labels"] == 512  # ~10% of each class
+            assert list(results) == ["0.1"] and 48 <= results["0.1"]["labels"] <= 56  # ~10% of each class
         else:
             assert list(results) == ["labels_10percent.txt"] and results["labels_10percent.txt"]["labels"] == 52
         for row in results.values():
@@ -505,12 +520,13 @@ def run_measured(recipe, *flags):
 
 @pytest.mark.slow
 def test_a_recipe_streams_a_jpeg_folder_in_memory_that_does_not_grow_with_it(tmp_path):
-    """Issue 11: a folder of 2,000 and one of 20,000 JPEGs of varied sizes train, evaluate (kNN over the whole
-    training folder) and export with peak RSS within 200 MB of each other, never building an array of the
-    dataset (`load_arrays` is made to fail). Decoded, the 18,000 extra images alone would take about 600 MB."""
+    """Issue 11: a folder of 1,000 and one of 12,000 JPEGs of varied sizes train, evaluate (kNN over the whole
+    training folder) and export with peak RSS within 150 MB of each other, never building an array of the
+    dataset (`load_arrays` is made to fail). Decoded, the 11,000 extra images alone would take about 370 MB
+    (a decode-first pipeline measured +500 MB for 18,000 extra; the streaming one +57 MB, 2026-12-02)."""
     evaluation = write_jpeg_folder(tmp_path / "eval", 150, seed=1)
     peaks, outputs = {}, {}
-    for count in (2_000, 20_000):
+    for count in (1_000, 12_000):
         folder = write_jpeg_folder(tmp_path / f"train_{count}", count)
         flags = ["--dataset", folder, "--eval_dataset", evaluation, "--image_size", "32", "--augment", "cifar"]
         flags += ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "32", "--width_multiplier", "0.125"]
@@ -521,7 +537,7 @@ def test_a_recipe_streams_a_jpeg_folder_in_memory_that_does_not_grow_with_it(tmp
         # Three colours, one per class: the kNN over the whole training folder finds them.
         assert results["knn_accuracy"] > 0.9, outputs[count]
         assert os.path.isdir(results["export_path"])
-    assert abs(peaks[20_000] - peaks[2_000]) < 200, peaks
+    assert abs(peaks[12_000] - peaks[1_000]) < 150, peaks
 
 
 def test_a_folder_without_an_evaluation_folder_stops_before_training(tmp_path):
