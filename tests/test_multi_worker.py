@@ -193,7 +193,7 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         "--label_fractions",
         "1.0",
         "--min_steps",
-        "100",
+        "60",
         "--finetune_epochs",
         "1",
         "--batch_size",
@@ -210,7 +210,8 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         assert proc.wait(timeout=300) == 0, log_tail(tmp_path, index, "finetune")
     results = json.loads((tmp_path / "run0" / "results.json").read_text())
     # Bounds measured on one process (tests/test_recipes.py): untrained <= 0.46 (kNN, probe) and <= 0.15
-    # (fine-tuned rows at learning rate 0); two workers compute what one does, so the same bounds hold.
+    # (fine-tuned rows at learning rate 0); two workers compute what one does, so the same bounds hold. 60 steps,
+    # not 100 (time): one process measured 0.44 fine-tuned and 0.42 from scratch there (0.33 / 0.28 at 40 steps).
     assert LEARNED < supervised["knn_accuracy"] <= 1.0 and LEARNED < supervised["linear_probe_accuracy"] <= 1.0
     assert FINETUNED < results["1"]["pretrained"] <= 1.0 and FINETUNED < results["1"]["scratch"] <= 1.0, results
     assert not (tmp_path / "run1").exists()
