@@ -46,12 +46,12 @@ CLASSIFIED = 0.3
 FINETUNED = 0.3
 
 
-def run_recipe(name, tmp_path, *extra):
+def run_recipe(name, tmp_path, *extra, pictures=False):
     model_dir, export_dir = tmp_path / "run", tmp_path / "export"
     cmd = [
         sys.executable,
         os.path.join(ROOT, "recipes", f"{name}.py"),
-        *TINY,
+        *(TINY if not pictures else [flag for flag in TINY if flag != "--no_pictures"]),
         "--model_dir",
         str(model_dir),
         "--export_dir",
@@ -119,7 +119,8 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
         dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
         worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
         extra += ["--data_service", dispatcher.target]
-    stdout, results, model_dir, export_dir = run_recipe("mocov3", tmp_path, *extra)
+    # The ViT run draws its pictures (the ResNet ones are checked in the SimCLR recipe test).
+    stdout, results, model_dir, export_dir = run_recipe("mocov3", tmp_path, *extra, pictures=encoder == "vit_tiny")
     if encoder == "resnet18":
         assert worker._num_tasks() >= 1  # the service's worker made views (private, as TensorFlow's own tests use it)
     assert "kNN accuracy" in stdout
@@ -130,6 +131,18 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
         # at any rate tried (0, 1.5e-4, 1e-3, 3e-3) do not move it, thirty (AdamW 1e-3 / 3e-3) reach kNN 0.55 / 0.53,
         # probe 0.72 / 0.71 (2026-12-02): no margin one seed could assert, so this case checks the run, not learning.
         assert 0.1 < results["knn_accuracy"] <= 1.0
+        # A ViT gets the class token's attention maps in place of a ResNet's kernels and feature maps (issue 12).
+        drawn = {"augmented_views", "retrieval", "embedding_map", "similarity_matrix", "attention_maps"}
+        assert {name[:-4] for name in os.listdir(model_dir / "pictures")} == drawn
+        attention = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "attention_maps.png"))).numpy()
+        assert attention.ndim == 3 and attention.var() > 0
+        (event,) = os.listdir(model_dir / "logs" / "pictures")
+        events = tf.compat.v1.train.summary_iterator(str(model_dir / "logs" / "pictures" / event))
+        assert {value.tag for e in events for value in e.summary.value} == drawn
+        projector = model_dir / "logs" / "projector"
+        assert len((projector / "metadata.tsv").read_text().splitlines()) == 1000
+        assert "sprite.png" in (projector / "projector_config.pbtxt").read_text()
+    assert (model_dir / "pictures").exists() == (encoder == "vit_tiny")  # --no_pictures for the ResNet run
     assert (export_dir / "1" / "saved_model.pb").exists()
     import keras
 
