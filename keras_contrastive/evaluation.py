@@ -177,15 +177,20 @@ def knn_predict(
     Returns:
         int numpy `[M]` predicted classes.
     """
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-    train_labels = np.asarray(train_labels).reshape(-1)
-    if len(train_labels) != len(train_features):
-        raise ValueError(f"{len(train_features)} training features but {len(train_labels)} labels.")
-    num_classes = int(num_classes or train_labels.max() + 1)
-    train_labels = _check_class_labels(train_labels, num_classes, "Training labels")
+    train_labels, num_classes = _check_bank(train_features, train_labels, temperature, num_classes)
     indices, sims = nearest_neighbours(train_features, test_features, k, batch_size, bank_batch_size, verbose)
     return _weighted_votes(indices, sims, train_labels, temperature, num_classes, batch_size)
+
+
+def _check_bank(features, labels, temperature, num_classes):
+    """The kNN bank's labels as int `[N]` and the number of classes, or a ValueError naming what is wrong."""
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(features):
+        raise ValueError(f"{len(features)} training features but {len(labels)} labels.")
+    num_classes = int(num_classes or labels.max() + 1)
+    return _check_class_labels(labels, num_classes, "Training labels"), num_classes
 
 
 def _weighted_votes(indices, sims, bank_labels, temperature, num_classes, batch_size=1024):
@@ -306,13 +311,10 @@ def knn_and_retrieval(
         int64 `[M, max(k, 10, 100)]` bank rows nearest to each query, nearest
         first (for pictures of the neighbours).
     """
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-    bank_labels, query_labels = np.asarray(bank_labels).reshape(-1), np.asarray(query_labels).reshape(-1)
-    if len(bank_labels) != len(bank_features) or len(query_labels) != len(query_features):
-        raise ValueError("Each feature array needs exactly one label per row.")
-    classes = int(num_classes or bank_labels.max() + 1)
-    bank_labels = _check_class_labels(bank_labels, classes, "Training labels")
+    bank_labels, classes = _check_bank(bank_features, bank_labels, temperature, num_classes)
+    query_labels = np.asarray(query_labels).reshape(-1)
+    if len(query_labels) != len(query_features):
+        raise ValueError(f"{len(query_features)} test features but {len(query_labels)} labels.")
     indices, sims = nearest_neighbours(
         bank_features, query_features, max(k, *RETRIEVAL_KS, RETRIEVAL_MAP_AT), verbose=verbose
     )

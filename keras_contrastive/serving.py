@@ -68,9 +68,8 @@ def _serving_apis():
 # in-process server double (tests/serving_double.py).
 
 
-def _dtype_string(dtype):
-    # TensorFlow's own DataTypeString ("float", "uint8", "string"), which is
-    # what TF Serving's errors print.
+def dtype_string(dtype):
+    """TensorFlow's own name of a dtype (`"float"`, `"uint8"`, `"string"`), as TF Serving's errors print it."""
     return types_pb2.DataType.Name(dtype.as_datatype_enum)[len("DT_") :].lower()
 
 
@@ -127,8 +126,8 @@ def _check_input(signature_name, specs, name, dtype, shape):
             tf.string: "Send encoded JPEG/PNG images as bytes.",
         }.get(spec.dtype, f"Convert the input to {spec.dtype.name}.")
         raise ValueError(
-            f"Expects arg[{index}] to be {_dtype_string(spec.dtype)} but "
-            f"{_dtype_string(dtype)} is provided: input {name!r} of signature "
+            f"Expects arg[{index}] to be {dtype_string(spec.dtype)} but "
+            f"{dtype_string(dtype)} is provided: input {name!r} of signature "
             f"{signature_name!r} expects {spec.dtype.name} "
             f"{_shape_string(spec.shape)}, got {dtype.name} "
             f"{_shape_string(shape)}. {hint}"
@@ -163,6 +162,37 @@ def _tensor_from_proto(signature_name, name, proto):
 
 
 # ------------------------------------------------------------- requests
+
+
+def check_request(request, specs, signature_name=savedmodel.SERVING_SIGNATURE):
+    """Checks a PredictRequest's inputs as TF Serving does before it runs one.
+
+    The checks, and their wording, follow TF Serving's predict path: exactly
+    the signature's input names, each tensor parseable, of the signature's
+    dtype and of a compatible shape. Used on the warmup requests before they
+    are written (a bad record would fail the server's load), and by the tests'
+    in-process server double.
+
+    Args:
+        request: a `tensorflow_serving.apis.predict_pb2.PredictRequest`.
+        specs: `{input name: tf.TensorSpec}` of the signature it targets.
+        signature_name: str. Named in the error messages. Defaults to
+            `serving_default`.
+
+    Returns:
+        `{input name: tf.Tensor}`, the parsed inputs.
+
+    Raises:
+        ValueError: a missing or extra input, an unparseable tensor, or a
+            wrong dtype or shape; the message says what to send instead.
+    """
+    _check_input_names(signature_name, specs, request.inputs.keys())
+    feeds = {}
+    for name in sorted(specs):
+        value, dtype = _tensor_from_proto(signature_name, name, request.inputs[name])
+        _check_input(signature_name, specs, name, dtype, tf.TensorShape(value.shape))
+        feeds[name] = tf.constant(value, dtype=dtype)
+    return feeds
 
 
 def predict_request(images, signature_name=savedmodel.SERVING_SIGNATURE, model_name=None, *, input_name=None):
@@ -310,11 +340,7 @@ def write_warmup_requests(version_path, model_name=None):
     # export instead of the server's load.
     for request in requests:
         name = request.model_spec.signature_name
-        specs = _input_specs_from_signature_def(signature_defs[name])
-        _check_input_names(name, specs, request.inputs.keys())
-        for input_name, proto in request.inputs.items():
-            value, dtype = _tensor_from_proto(name, input_name, proto)
-            _check_input(name, specs, input_name, dtype, tf.TensorShape(value.shape))
+        check_request(request, _input_specs_from_signature_def(signature_defs[name]), name)
 
     directory = os.path.join(version_path, savedmodel.METADATA_DIR)
     os.makedirs(directory, exist_ok=True)

@@ -43,10 +43,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from keras_contrastive import savedmodel
-from keras_contrastive.serving import _check_input
-from keras_contrastive.serving import _check_input_names
-from keras_contrastive.serving import _dtype_string
-from keras_contrastive.serving import _tensor_from_proto
+from keras_contrastive.serving import check_request
+from keras_contrastive.serving import dtype_string
 
 # TF Serving base64-encodes DT_STRING outputs whose name ends in this suffix
 # in REST responses (json_tensor.cc, `IsNamedTensorBytes`).
@@ -152,12 +150,7 @@ def _run(loaded, version, request):
     """Validates `request` against `loaded` and runs it; returns a PredictResponse."""
     signature_name, signature = _get_signature(loaded, request.model_spec.signature_name)
     specs = _input_specs(signature)
-    _check_input_names(signature_name, specs, request.inputs.keys())
-    feeds = {}
-    for name in sorted(specs):
-        value, dtype = _tensor_from_proto(signature_name, name, request.inputs[name])
-        _check_input(signature_name, specs, name, dtype, tf.TensorShape(value.shape))
-        feeds[name] = tf.constant(value, dtype=dtype)
+    feeds = check_request(request, specs, signature_name)
 
     outputs = list(signature.structured_outputs)
     # Output filter as in PreProcessPrediction (predict_util.cc).
@@ -243,7 +236,7 @@ def _json_scalar(value, dtype, where):
         return ValueError(
             f"{where}: JSON value {json.dumps(value)[:80]} of type "
             f"{type(value).__name__} is not of expected type: "
-            f"{_dtype_string(dtype)}."
+            f"{dtype_string(dtype)}."
         )
 
     if dtype == tf.string:

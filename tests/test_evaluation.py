@@ -217,3 +217,10 @@ def test_knn_and_retrieval_equals_the_separate_figures_and_returns_the_neighbour
     np.testing.assert_array_equal(indices, expected)
     with pytest.raises(ValueError, match="temperature"):
         evaluation.knn_and_retrieval(bank, bank_labels, queries, query_labels, temperature=0.0)
+    # One label per row on either side, and the bank's labels checked as knn_predict checks them.
+    with pytest.raises(ValueError, match="300 training features but 299 labels"):
+        evaluation.knn_and_retrieval(bank, bank_labels[:-1], queries, query_labels)
+    with pytest.raises(ValueError, match="40 test features but 39 labels"):
+        evaluation.knn_and_retrieval(bank, bank_labels, queries, query_labels[:-1])
+    with pytest.raises(ValueError, match="integer class ids"):
+        evaluation.knn_and_retrieval(bank, bank_labels + 0.5, queries, query_labels)
