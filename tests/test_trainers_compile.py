@@ -134,3 +134,33 @@ def test_mixed_float16_scales_the_loss_and_matches_float32(method, float16):
         cosine = np.sum(d16 * d32) / (np.linalg.norm(d16) * np.linalg.norm(d32))
         ratio = np.linalg.norm(d16) / np.linalg.norm(d32)
         assert cosine > 0.95 and 0.8 < ratio < 1.25
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3", "simclr_in_step"])
+def test_steps_per_execution_gives_the_weights_of_one_step_per_call(method):
+    """Keras runs `steps_per_execution` steps in one call of the train function (fewer Python round trips, issue
+    13); the steps themselves, the MoCo v3 momentum schedule and the in-step augmenter's per-step seeds (both read
+    the optimizer's step counter inside the loop) must not change."""
+    runs = []
+    for steps_per_execution in (1, 3):
+        if method == "simclr_in_step":
+            augmenter = kc.augment.SimCLRAugmenter(16, seed=3)
+            model = kc.SimCLR(tiny_encoder(synchronized_bn=False), augmenter, temperature=0.5, projection_dim=8)
+        else:
+            model = make(method)
+        if runs:
+            model.set_weights(runs[0][1])
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), steps_per_execution=steps_per_execution)
+        init = [w.copy() for w in model.get_weights()]
+        data = random_views(96)[:, 0] if method == "simclr_in_step" else random_views(96)
+        hist = train(model, data, np.arange(96) % 4, batch=16, steps=6)
+        runs.append((hist, init, model))
+    (hist1, _, one), (hist3, _, three) = runs
+    assert one.optimizer.iterations.numpy() == three.optimizer.iterations.numpy() == 6
+    moved = 0
+    for a, b, w0 in zip(one.weights, three.weights, runs[0][1]):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+        moved += not np.allclose(a.numpy(), w0)
+    assert moved >= 3  # the six steps trained
+    # Keras reports the mean over the epoch either way.
+    np.testing.assert_allclose(hist3["loss"], hist1["loss"], rtol=1e-5)
