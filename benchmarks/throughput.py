@@ -45,7 +45,7 @@ def views_dataset(steps, labels=False):
     return tf.data.Dataset.from_tensors(views).repeat(steps)
 
 
-def bench_kc(width, steps, precision, method="simclr"):
+def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1):
     keras.mixed_precision.set_global_policy(precision)
     if method == "mocov3_vit_tiny":
         encoder = kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
@@ -57,11 +57,12 @@ def bench_kc(width, steps, precision, method="simclr"):
         model = kc.SupCon(encoder, temperature=0.1)
     else:  # MoCo v3 with the paper's MLP widths scaled down 4x (1024 hidden, 256 out)
         model = kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), steps_per_execution=steps_per_execution)
     timer = StepTimer()
     model.fit(views_dataset(steps, labels=method == "supcon"), epochs=1, verbose=0, callbacks=[timer])
     keras.mixed_precision.set_global_policy("float32")
-    return BATCH / np.median(timer.times[2:])
+    # With steps_per_execution > 1 the callbacks see one "batch" per call of N steps.
+    return BATCH * steps_per_execution / np.median(timer.times[max(1, 2 // steps_per_execution) :])
 
 
 def bench_reference(width, steps, precision):
@@ -102,6 +103,9 @@ def main():
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--methods", nargs="+", default=["simclr", "supcon", "mocov3", "mocov3_vit_tiny"])
+    parser.add_argument(
+        "--steps_per_execution", type=int, nargs="+", default=[1], help="steps per call of the train function"
+    )
     args = parser.parse_args()
     print(f"Training step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
     for precision in args.precision:
@@ -110,8 +114,10 @@ def main():
             ref = bench_reference(width, steps, precision)
             row = f"width {width:<5} {precision:<15} keras-io SimCLR reference {ref:7.1f}"
             for method in args.methods:
-                ours = bench_kc(width, steps, precision, method)
-                row += f"   {method} {ours:7.1f} (ratio {ours / ref:4.2f})"
+                for spe in args.steps_per_execution:
+                    ours = bench_kc(width, steps, precision, method, spe)
+                    name = method if spe == 1 else f"{method} x{spe}/call"
+                    row += f"   {name} {ours:7.1f} (ratio {ours / ref:4.2f})"
             print(row, flush=True)
 
 
