@@ -20,6 +20,17 @@ import tensorflow as tf  # noqa: E402
 
 import keras_contrastive as kc  # noqa: E402
 
+#: What `kc.inspect.pictures` draws for a ResNet and for a ViT (written here, apart from `kc.inspect.PICTURES`).
+RESNET_PICTURES = {
+    "augmented_views",
+    "retrieval",
+    "embedding_map",
+    "similarity_matrix",
+    "first_layer_kernels",
+    "feature_maps",
+}
+VIT_PICTURES = {"augmented_views", "retrieval", "embedding_map", "similarity_matrix", "attention_maps"}
+
 NUM_LOGICAL_CPUS = 4
 
 _cpus = tf.config.list_physical_devices("CPU")

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import RESNET_PICTURES
+from conftest import VIT_PICTURES
 from conftest import numpy_knn
 
 import keras_contrastive as kc
@@ -19,16 +21,6 @@ from keras_contrastive import inspect as kc_inspect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "saved_models", "simclr_fashion_mnist_pretrained")
-#: What the command draws for a ResNet and for a ViT (`kc.inspect.PICTURES`).
-RESNET_PICTURES = {
-    "augmented_views",
-    "retrieval",
-    "embedding_map",
-    "similarity_matrix",
-    "first_layer_kernels",
-    "feature_maps",
-}
-VIT_PICTURES = {"augmented_views", "retrieval", "embedding_map", "similarity_matrix", "attention_maps"}
 
 
 def _png(path):

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import RESNET_PICTURES
+from conftest import VIT_PICTURES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,7 +134,7 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
         # probe 0.72 / 0.71 (2026-12-02): no margin one seed could assert, so this case checks the run, not learning.
         assert 0.1 < results["knn_accuracy"] <= 1.0
         # A ViT gets the class token's attention maps in place of a ResNet's kernels and feature maps (issue 12).
-        drawn = {"augmented_views", "retrieval", "embedding_map", "similarity_matrix", "attention_maps"}
+        drawn = VIT_PICTURES
         assert {name[:-4] for name in os.listdir(model_dir / "pictures")} == drawn
         attention = tf.io.decode_png(tf.io.read_file(str(model_dir / "pictures" / "attention_maps.png"))).numpy()
         assert attention.ndim == 3 and attention.var() > 0
@@ -211,14 +213,7 @@ def test_simclr_recipe_end_to_end(tmp_path):
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     assert (model_dir / "views.png").exists()
     # The pictures (issue 12): PNG files of their stated kind, not blank, and the same in TensorBoard.
-    drawn = {
-        "augmented_views",
-        "retrieval",
-        "embedding_map",
-        "similarity_matrix",
-        "first_layer_kernels",
-        "feature_maps",
-    }
+    drawn = RESNET_PICTURES
     assert {name[:-4] for name in os.listdir(model_dir / "pictures")} == drawn
     # The embedding projector: the 1000 mapped test embeddings, their labels and a sprite of the images.
     projector = model_dir / "logs" / "projector"
