@@ -9,7 +9,10 @@ optimizer (SGD momentum):
     views dataset (SupCon with 10 classes of labels; MoCo v3 with ResNet-18 and with
     ViT-Tiny, patch 4, whatever --widths says);
   * reference: the step written the keras-io way (GradientTape, a plain
-    NT-Xent from the keras-io SimCLR example's formulation, `tf.function`).
+    NT-Xent from the keras-io SimCLR example's formulation, `tf.function`),
+    on the same ResNet-18 built with Keras' own BatchNormalization layers.
+`--batch_norm kc keras` also times our trainers with Keras' BatchNormalization,
+which shows what kc's fused one gains in the same sitting.
 Prints the median images/s of each and their ratio. Figures go to
 benchmarks/RESULTS.md; compare ratios, not absolute numbers, across runs.
 """
@@ -45,12 +48,29 @@ def views_dataset(steps, labels=False):
     return tf.data.Dataset.from_tensors(views).repeat(steps)
 
 
-def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1):
+def keras_batch_norm(encoder):
+    """A copy of `encoder` with Keras' own BatchNormalization in place of kc's fused one."""
+
+    def clone(layer):
+        if isinstance(layer, kc.layers.BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(encoder, clone_function=clone)
+
+
+def resnet18(width, batch_norm="kc"):
+    encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+    return encoder if batch_norm == "kc" else keras_batch_norm(encoder)
+
+
+def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1, batch_norm="kc"):
+    """Seconds per training step after the first (and second) call, one per step."""
     keras.mixed_precision.set_global_policy(precision)
     if method == "mocov3_vit_tiny":
         encoder = kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
     else:
-        encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+        encoder = resnet18(width, batch_norm)
     if method == "simclr":
         model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
     elif method == "supcon":
@@ -62,13 +82,13 @@ def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1):
     model.fit(views_dataset(steps, labels=method == "supcon"), epochs=1, verbose=0, callbacks=[timer])
     keras.mixed_precision.set_global_policy("float32")
     # With steps_per_execution > 1 the callbacks see one "batch" per call of N steps.
-    return BATCH * steps_per_execution / np.median(timer.times[max(1, 2 // steps_per_execution) :])
+    return [t / steps_per_execution for t in timer.times[max(1, 2 // steps_per_execution) :]]
 
 
 def bench_reference(width, steps, precision):
-    """The keras-io way: encoder + MLP head, GradientTape, hand-written loss."""
+    """The keras-io way: encoder + MLP head, GradientTape, hand-written loss. Seconds per step after 2."""
     keras.mixed_precision.set_global_policy(precision)
-    encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+    encoder = resnet18(width, batch_norm="keras")  # the layers Keras users write
     dim = encoder.output_shape[-1]
     head = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(dim, activation="relu"), keras.layers.Dense(128)])
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
@@ -94,7 +114,7 @@ def bench_reference(width, steps, precision):
         step(views).numpy()
         times.append(time.perf_counter() - t)
     keras.mixed_precision.set_global_policy("float32")
-    return BATCH / np.median(times[2:])
+    return times[2:]
 
 
 def main():
@@ -106,18 +126,26 @@ def main():
     parser.add_argument(
         "--steps_per_execution", type=int, nargs="+", default=[1], help="steps per call of the train function"
     )
+    parser.add_argument(
+        "--batch_norm",
+        nargs="+",
+        default=["kc"],
+        choices=["kc", "keras"],
+        help="our trainers' encoder with kc's fused BatchNormalization, or with Keras' own (ResNets only)",
+    )
     args = parser.parse_args()
     print(f"Training step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; median images/s")
     for precision in args.precision:
         for width in args.widths:
             steps = args.steps if width < 0.5 else max(5, args.steps // 3)
-            ref = bench_reference(width, steps, precision)
+            ref = BATCH / np.median(bench_reference(width, steps, precision))
             row = f"width {width:<5} {precision:<15} keras-io SimCLR reference {ref:7.1f}"
             for method in args.methods:
                 for spe in args.steps_per_execution:
-                    ours = bench_kc(width, steps, precision, method, spe)
-                    name = method if spe == 1 else f"{method} x{spe}/call"
-                    row += f"   {name} {ours:7.1f} (ratio {ours / ref:4.2f})"
+                    for bn in args.batch_norm if method != "mocov3_vit_tiny" else ["kc"]:
+                        ours = BATCH / np.median(bench_kc(width, steps, precision, method, spe, bn))
+                        name = method + ("" if spe == 1 else f" x{spe}/call") + ("" if bn == "kc" else " keras-BN")
+                        row += f"   {name} {ours:7.1f} (ratio {ours / ref:4.2f})"
             print(row, flush=True)
 
 

@@ -1,6 +1,7 @@
 """Layers the contrastive pieces share."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # Keras exports no name for the class of Functional models; clone_model
@@ -9,31 +10,96 @@ from keras.src.models.functional import Functional as _Functional
 
 from keras_contrastive import distribute
 
+# Input dtypes TensorFlow's FusedBatchNormV3 takes (statistics in float32).
+_FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
-class SyncBatchNormalization(keras.layers.BatchNormalization):
-    """BatchNormalization whose batch statistics cover all replicas.
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization, with a fused training step and exact synchronized statistics.
 
-    Keras' own `BatchNormalization(synchronized=True)` all-reduces the sum and
-    the sum of squares and takes `E[x^2] - E[x]^2`, while one replica computes
-    the variance in two passes (`E[(x - mean)^2]`). When a channel's mean is
-    large next to its spread the one-pass form cancels catastrophically: seen
-    here as a 6e-5 relative gradient difference between 1 and 2 replicas on
-    the same global batch (SimCLR v2 head). This layer all-reduces the sum
-    first and then the squared deviations from the global mean, so N replicas
-    compute the single-replica statistics up to summation order, at the cost
-    of one more all-reduce per layer.
+    Same arguments, weights, outputs, gradients and moving statistics as
+    `keras.layers.BatchNormalization` (up to float rounding), two changes:
 
-    Takes the arguments of `keras.layers.BatchNormalization`; `synchronized`
-    is always True. Without a strategy (one replica) it is plain BN.
+    * Speed. Keras 3 on TensorFlow computes a training-mode BatchNorm op by
+      op (moments, then the normalization, then the gradients of each) and,
+      under `mixed_bfloat16`, casts the activations to float32 and back. On
+      the CPU that took as long as the backward convolutions of a ResNet-18
+      step (benchmarks/profile_step.py). Where the batch statistics are this
+      replica's own, this layer runs TensorFlow's fused kernel
+      (FusedBatchNormV3, `tf.compat.v1.nn.fused_batch_norm`) instead: one
+      op forward and one backward, on float32, bfloat16 or float16
+      activations with float32 statistics, under XLA too. Keras 3 has no
+      fused path of its own, so it is written here. It applies in training
+      mode to channels-last inputs of rank 2 to 4 without a mask or
+      renormalization; anything else (float64, `axis=1`, masks, `renorm`,
+      inference mode) takes Keras' own path. The kernel returns the sample
+      variance (Bessel-corrected): the moving variance is updated with the
+      population variance, as Keras does.
+    * Exactness across replicas. With `synchronized=True` on several
+      replicas, the statistics cover the global batch in two passes: the sum
+      is all-reduced first, then the squared deviations from the global
+      mean, so N replicas compute what one replica computes on the whole
+      batch up to summation order. Keras' own synchronized layer takes the
+      variance in one pass (`E[x^2] - E[x]^2`), which cancels
+      catastrophically when a channel's mean is large next to its spread:
+      seen as a 6e-5 relative gradient difference between 1 and 2 replicas
+      on the same global batch (SimCLR v2 head), and float32 channels at
+      1000 +- 0.5 get variances of 0.5 for an exact 0.35. It costs one more
+      all-reduce per layer. On one replica a synchronized layer is a local
+      one, and takes the fused path.
+
+    Input shape:
+        Any; `axis` (default -1) is the channel axis.
+
+    Output shape:
+        Same as the input.
     """
 
-    def __init__(self, **kwargs):
-        kwargs["synchronized"] = True
-        super().__init__(**kwargs)
+    def call(self, inputs, training=None, mask=None):
+        if training and self.trainable and self._fusable(inputs, mask):
+            return self._fused_training_call(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _fusable(self, inputs, mask):
+        rank = len(inputs.shape)
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.renorm
+            and 2 <= rank <= 4
+            and self.axis in (-1, rank - 1)
+            and keras.backend.standardize_dtype(inputs.dtype) in _FUSED_DTYPES
+            and (not self.synchronized or distribute.num_replicas() == 1)
+        )
+
+    def _fused_training_call(self, inputs):
+        channels = inputs.shape[-1]
+        x = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels], "float32")
+        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels], "float32")
+        y, mean, sample_variance = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        # The kernel's variance divides by count - 1 (by 1 when count is 1).
+        count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
+        variance = sample_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        momentum = self.momentum
+        self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
+        # TensorFlow's graph optimizer fuses this kernel with a ReLU after it into
+        # one oneDNN kernel whose ReLU maps NaN to 0: a batch with a NaN or Inf
+        # would give finite outputs (and NaN moving statistics) where Keras' layer
+        # passes the NaN on to the loss. A zero-valued loss that is NaN exactly when
+        # the batch mean is not finite carries it there instead (the trainers and
+        # Keras' compute_loss add every layer's `losses`); its gradient is zero.
+        self.add_loss(ops.sum(mean) * 0.0)
+        if len(inputs.shape) != 4:
+            y = tf.reshape(y, tf.shape(inputs))
+        return ops.cast(y, self.compute_dtype)
 
     def _moments(self, inputs, mask):
-        if mask is not None:
+        if mask is not None or not self.synchronized:
             return super()._moments(inputs, mask)
         axes = self._reduction_axes
         local_count = ops.cast(ops.prod([ops.shape(inputs)[a] for a in axes]), inputs.dtype)
@@ -44,11 +110,30 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
         return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
 
 
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class SyncBatchNormalization(BatchNormalization):
+    """`BatchNormalization` whose batch statistics cover all replicas.
+
+    Takes the arguments of `keras.layers.BatchNormalization`; `synchronized`
+    is always True. Its statistics are computed in two passes, exact across
+    replicas (see `BatchNormalization`); with one replica it is the fused
+    local layer.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["synchronized"] = True
+        super().__init__(**kwargs)
+
+
 def batch_normalization(synchronized=False, **kwargs):
-    """`SyncBatchNormalization` when `synchronized`, else Keras' BatchNormalization."""
+    """`SyncBatchNormalization` when `synchronized`, else this module's `BatchNormalization`.
+
+    Both take the arguments of `keras.layers.BatchNormalization` and run the
+    fused kernel where the statistics are local.
+    """
     if synchronized:
         return SyncBatchNormalization(**kwargs)
-    return keras.layers.BatchNormalization(**kwargs)
+    return BatchNormalization(**kwargs)
 
 
 def set_compute_dtype(model, dtype="float32"):
@@ -99,7 +184,7 @@ def synchronize_batch_norm(model):
     one replica (any replica context, the default one included), which
     cancels catastrophically when a channel's mean is large next to its
     spread: float32 channels at 1000 +- 0.5 get variances of 0.5 for an exact
-    0.35 (see `SyncBatchNormalization`). So in training mode the converted
+    0.35 (see `BatchNormalization`). So in training mode the converted
     layer's statistics can differ from the original's, towards the exact ones.
 
     Call it under the strategy's `scope()`: the copy creates new variables,
@@ -162,7 +247,7 @@ def synchronize_batch_norm(model):
         # layers and nested Functional/Sequential models, which it descends into.
         if isinstance(layer, SyncBatchNormalization):
             copy = layer.__class__.from_config(layer.get_config())
-        elif type(layer) is keras.layers.BatchNormalization:
+        elif type(layer) in (keras.layers.BatchNormalization, BatchNormalization):
             copy = SyncBatchNormalization.from_config(layer.get_config())
         elif isinstance(layer, keras.layers.BatchNormalization):
             raise ValueError(

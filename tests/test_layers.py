@@ -284,3 +284,159 @@ def test_set_compute_dtype_makes_a_mixed_bfloat16_encoder_compute_and_export_in_
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+# The fused BatchNormalization: the same numbers as Keras' layer, through TensorFlow's fused kernel.
+
+
+def op_types(fn, *args):
+    """The op types in the graph `fn` (a tf.function) traces for `args`."""
+    return {op.type for op in fn.get_concrete_function(*args).graph.get_operations()}
+
+
+def bn_training_steps(layer, x, steps=3, mode="graph"):
+    """`steps` training-mode calls of `layer` on x, x + 1, ...; the last call's output and gradients
+    (inputs, then trainable weights) against a fixed random upstream gradient, the moving statistics
+    after, and the op types of the step's graph."""
+    upstream = tf.constant(np.random.default_rng(3).normal(size=x.shape), "float32")
+    layer.build(x.shape)
+    rng = np.random.default_rng(1)  # gamma, beta and moving statistics away from their initial values
+    layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.weights])
+
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = tf.cast(layer(inputs, training=True), "float32")
+            loss = tf.reduce_sum(outputs * upstream)
+        return outputs, tape.gradient(loss, [inputs, *layer.trainable_weights])
+
+    graph = tf.function(step, jit_compile=mode == "jit")
+    if mode != "eager":
+        step = graph
+    for i in range(steps):
+        outputs, grads = step(tf.constant(x + i, layer.compute_dtype))
+    stats = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    return (
+        outputs.numpy(),
+        [tf.cast(g, "float32").numpy() for g in grads],
+        stats,
+        op_types(graph, x.astype(layer.compute_dtype)),
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,policy,kwargs,mode",
+    [
+        ((8, 5, 5, 6), "float32", {}, "graph"),
+        ((8, 5, 5, 6), "float32", {}, "jit"),
+        ((8, 5, 5, 6), "float32", {}, "eager"),
+        ((8, 5, 5, 6), "mixed_bfloat16", {}, "graph"),
+        ((12, 6), "float32", {"center": False, "scale": False}, "eager"),
+        ((6, 4, 6), "float32", {"axis": 2, "scale": False}, "graph"),
+    ],
+)
+def test_fused_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(shape, policy, kwargs, mode):
+    # Few values per channel (8*5*5, 12, 24): the kernel's sample variance differs from the
+    # population variance Keras tracks by 0.5% to 9%, which the moving variance must not show.
+    x = np.random.default_rng(0).normal(1.5, 2.0, size=shape).astype("float32")
+    config = dict(momentum=0.8, epsilon=1e-3, dtype=policy, **kwargs)
+    got = bn_training_steps(layers.BatchNormalization(**config), x, mode=mode)
+    want = bn_training_steps(keras.layers.BatchNormalization(**config), x, mode=mode)
+    assert "FusedBatchNormV3" in got[3] and "FusedBatchNormGradV3" in got[3]
+    assert "FusedBatchNormV3" not in want[3]
+    # bfloat16 activations: the outputs differ by bfloat16 rounding; everything else is computed in float32.
+    tol = dict(rtol=1e-2, atol=1e-2) if policy == "mixed_bfloat16" else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[0], want[0], **tol)
+    assert len(got[1]) == len(want[1]) == 1 + ("center" not in kwargs) + ("scale" not in kwargs)
+    for g, w in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+    for g, w in zip(got[2], want[2]):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=0)
+
+
+def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_does_not_apply():
+    x = np.random.default_rng(0).normal(1.5, 2.0, size=(4, 3, 3, 5))
+    cases = [
+        (dict(dtype="float64"), x),  # no float64 kernel
+        (dict(axis=1), x.astype("float32")),  # channels first
+        (dict(renorm=True), x.astype("float32")),
+        (dict(), x.reshape(4, 3, 3, 5, 1)[..., 0:1].repeat(2, -1).astype("float32")),  # rank 5
+    ]
+    for config, inputs in cases:
+        got = bn_training_steps(layers.BatchNormalization(momentum=0.8, **config), inputs)
+        want = bn_training_steps(keras.layers.BatchNormalization(momentum=0.8, **config), inputs)
+        assert "FusedBatchNormV3" not in got[3], config
+        for g, w in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]]):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=str(config))
+
+
+def test_fused_batch_norm_inference_frozen_and_config_are_keras():
+    x = np.random.default_rng(0).normal(1.5, 2.0, size=(4, 3, 3, 5)).astype("float32")
+    ours = layers.BatchNormalization(momentum=0.7, epsilon=1e-2, center=False, name="bn")
+    theirs = keras.layers.BatchNormalization.from_config(ours.get_config())
+    ours.build(x.shape), theirs.build(x.shape)
+    rng = np.random.default_rng(1)
+    weights = [rng.uniform(0.5, 1.5, w.shape) for w in ours.weights]
+    ours.set_weights(weights), theirs.set_weights(weights)
+    np.testing.assert_array_equal(ours(x, training=False).numpy(), theirs(x, training=False).numpy())
+    ours.trainable = theirs.trainable = False  # a frozen BN normalizes by its moving statistics
+    np.testing.assert_array_equal(ours(x, training=True).numpy(), theirs(x, training=True).numpy())
+    np.testing.assert_array_equal(ours.moving_variance.numpy(), weights[-1].astype("float32"))
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert type(copy) is layers.BatchNormalization and copy.get_config() == ours.get_config()
+
+
+def test_synchronized_batch_norm_is_fused_on_one_replica_and_exact_on_two():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.0, 1.0, (4, 5, 5, 3)), rng.normal(2.0, 3.0, (4, 5, 5, 3))]).astype("float32")
+    fused = bn_training_steps(layers.SyncBatchNormalization(momentum=0.8), x, steps=1)
+    assert "FusedBatchNormV3" in fused[3]
+
+    strategy = cpu_strategy(2)
+    with strategy.scope():
+        layer = layers.SyncBatchNormalization(momentum=0.8)
+        layer.build(x.shape)
+    rng = np.random.default_rng(1)  # the weights bn_training_steps gives
+    layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.weights])
+    upstream = tf.constant(np.random.default_rng(3).normal(size=x.shape), "float32")
+
+    @tf.function
+    def step(inputs, up):
+        def replica_step(v, u):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = layer(v, training=True)
+                loss = tf.reduce_sum(y * u)
+            return y, tape.gradient(loss, v)
+
+        return strategy.run(replica_step, args=(inputs, up))
+
+    outputs, grads = step(shard(strategy, x), shard(strategy, upstream.numpy()))
+    assert "FusedBatchNormV3" not in op_types(step, shard(strategy, x), shard(strategy, upstream.numpy()))
+    joined = [np.concatenate([t.numpy() for t in strategy.experimental_local_results(v)]) for v in (outputs, grads)]
+    np.testing.assert_allclose(joined[0], fused[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(joined[1], fused[1][0], rtol=1e-4, atol=1e-5)
+    for value in strategy.experimental_local_results(layer.moving_variance.value):
+        np.testing.assert_allclose(np.asarray(value), fused[2][1], rtol=1e-5)
+
+
+def test_fused_batch_norm_carries_a_nan_or_inf_batch_to_the_losses():
+    # In a graph, TensorFlow fuses the kernel with the ReLU after it, which maps NaN to 0: without the
+    # layer's zero-valued loss, a NaN batch would reach neither the outputs nor the loss.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.ReLU()(layers.BatchNormalization()(x)))
+
+    @tf.function
+    def step(images):
+        outputs = model(images, training=True)
+        return outputs, tf.add_n(model.losses)
+
+    images = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype("float32")
+    _, loss = step(images)
+    assert float(loss) == 0.0
+    for bad in (np.nan, np.inf):
+        images[1, 2, 3, 0] = bad
+        _, loss = step(images)
+        assert np.isnan(float(loss)), bad
