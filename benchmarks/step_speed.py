@@ -1,0 +1,253 @@
+"""Issue 13's one benchmark command: the training step of every method against Keras written by hand and PyTorch.
+
+    python benchmarks/step_speed.py                                   # everything (width 1.0 takes ~1 hour)
+    python benchmarks/step_speed.py --widths 0.25 --runs kc_simclr keras_io torch
+
+One process per framework and configuration (so that no run inherits another's threads, caches or graph), one
+after the other, on the same network (ResNet-18, CIFAR stem, 32x32x3, batch 256, two views, SGD momentum):
+
+* `kc_simclr`, `kc_supcon`, `kc_mocov3`: our trainers through `model.fit` on pre-made views
+  (benchmarks/throughput.py's `bench_kc`); `kc_mocov3_vit_tiny`: MoCo v3 on ViT-Tiny, patch 4 (width-free);
+* `keras_io`: the same ResNet-18 with Keras' own BatchNormalization, trained the keras-io way (GradientTape,
+  a hand-written NT-Xent, `tf.function`; `bench_reference`);
+* `torch`: the same network and step in PyTorch with lightly's NTXentLoss (benchmarks/torch_step.py, channels
+  last, both views in one call as our trainers do), in the virtualenv that `benchmarks/lightly_reference.py
+  --setup` builds; this command runs that setup when the venv is missing, and reports the run as skipped when it
+  cannot install; `torch_per_view`: the same with one call per view, as lightly's examples do (PyTorch's best of
+  the two is the one to beat).
+
+Each prints images/s (median, min, max over --steps steps after 2 warm-up steps; one step counts its 256 images),
+achieved GFLOP/s from a counted FLOP figure (convolutions, dense layers and attention matmuls of every branch the
+step runs: forward + backward = 3x the forward for trained branches, 1x for MoCo's momentum branch; both views),
+the share of this machine's measured peak in that precision (a 3x3 convolution, 128 channels, 32x32, batch 256,
+forward, in TensorFlow: the `peak` worker), and the ratios to PyTorch and to the keras-io step. Figures drift
+between runs on a shared machine: the ratios of one sitting are what count.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENV_PYTHON = "/tmp/lightly_venv/bin/python"
+BATCH, SIZE = 256, 32
+KC_RUNS = ("kc_simclr", "kc_supcon", "kc_mocov3", "kc_mocov3_vit_tiny")
+RUNS = KC_RUNS + ("keras_io", "torch", "torch_per_view")
+
+
+# --------------------------------------------------------------------------
+# FLOPs, counted from the Keras models' layers (the same rule as torch_step.py).
+
+
+def forward_flops(model):
+    """2 x multiply-adds of one example through `model`'s Conv2D, Dense and MultiHeadAttention layers."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Conv2D):
+            out = layer.output.shape  # (batch, h, w, filters)
+            kh, kw = layer.kernel_size
+            total += 2 * out[1] * out[2] * out[3] * kh * kw * layer.kernel.shape[2]
+        elif isinstance(layer, keras.layers.Dense):  # on [batch, ..., features]: once per token
+            rows = int(np.prod(layer.input.shape[1:-1]))
+            total += 2 * rows * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.MultiHeadAttention):
+            query_shape = layer._build_shapes_dict["query_shape"]  # (batch, tokens, dim), recorded when built
+            tokens, dim = query_shape[1], query_shape[2]
+            inner = layer._num_heads * layer._key_dim
+            total += 2 * tokens * dim * inner * 4  # query, key, value and output projections
+            total += 2 * 2 * tokens * tokens * inner  # scores and the weighted sum
+    return total
+
+
+def trainer_flops_per_image(model, method):
+    """Forward + backward FLOPs of one image's two views through the branches `model`'s step runs."""
+    encoder = forward_flops(model.encoder)
+    if method.startswith("kc_mocov3"):  # + the momentum encoder and projector: forward only
+        projector = _head_flops(model.projector)
+        return 2 * (3 * (encoder + projector + _head_flops(model.predictor)) + encoder + projector)
+    return 2 * 3 * (encoder + _head_flops(model.projection_head))
+
+
+def _head_flops(head):
+    """A head maps [batch, dim] through Dense layers: 2 x in x out each."""
+    import keras
+
+    if head is None:
+        return 0
+    return sum(
+        2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        for layer in head._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Dense)
+    )
+
+
+# --------------------------------------------------------------------------
+# Workers: one configuration each, one JSON line out.
+
+
+def keras_worker(run, width, precision, steps):
+    sys.path.insert(0, HERE)
+    import keras
+    import throughput
+
+    import keras_contrastive as kc
+
+    if run == "keras_io":
+        seconds = throughput.bench_reference(width, steps + 2, precision)
+        encoder = throughput.resnet18(width, batch_norm="keras")
+        dim = encoder.output_shape[-1]
+        flops = 2 * 3 * (forward_flops(encoder) + 2 * dim * dim + 2 * dim * 128)
+    else:
+        method = run[len("kc_") :]
+        seconds = throughput.bench_kc(width, steps + 2, precision, method)
+        # The same trainer, built again only to count its layers.
+        encoder = (
+            kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
+            if method == "mocov3_vit_tiny"
+            else kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
+        )
+        if method == "simclr":
+            model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
+        elif method == "supcon":
+            model = kc.SupCon(encoder, temperature=0.1)
+        else:
+            model = kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
+        flops = trainer_flops_per_image(model, run)
+    keras.mixed_precision.set_global_policy("float32")
+    return {"run": run, "seconds": seconds, "flops_per_image": int(flops)}
+
+
+def peak_worker(precision):
+    """GFLOP/s of a 3x3 convolution (128 channels, 32x32, batch 256, forward) in TensorFlow, median of 10."""
+    import tensorflow as tf
+
+    dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
+    x = tf.cast(tf.random.normal((BATCH, SIZE, SIZE, 128)), dtype)
+    kernel = tf.cast(tf.random.normal((3, 3, 128, 128)) * 0.05, dtype)
+    conv = tf.function(lambda a, k: tf.nn.conv2d(a, k, 1, "SAME"))
+    conv(x, kernel).numpy()
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        conv(x, kernel).numpy()
+        times.append(time.perf_counter() - started)
+    flops = 2 * BATCH * SIZE * SIZE * 128 * 128 * 9
+    return {"run": "peak", "gflops": flops / np.median(times) / 1e9}
+
+
+def worker(args):
+    if args.worker == "peak":
+        result = peak_worker(args.precision[0])
+    else:
+        result = keras_worker(args.worker, args.widths[0], args.precision[0], args.steps)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------
+# The driver.
+
+
+def launch(command):
+    """Runs `command`, returns the JSON of its last RESULT line (or None) and its tail on failure."""
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :]), None
+        if line.startswith("{"):
+            return json.loads(line), None
+    return None, (proc.stdout + proc.stderr)[-2000:]
+
+
+def torch_python():
+    """The lightly venv's python, set up on first use; None when it cannot be installed."""
+    if not os.path.exists(VENV_PYTHON):
+        print(
+            "Setting up PyTorch + lightly in their own venv (benchmarks/lightly_reference.py --setup) ...", flush=True
+        )
+        subprocess.run([sys.executable, os.path.join(HERE, "lightly_reference.py"), "--setup"], check=False)
+    return VENV_PYTHON if os.path.exists(VENV_PYTHON) else None
+
+
+def measure(run, width, precision, steps):
+    if run.startswith("torch"):
+        python = torch_python()
+        if python is None:
+            return None, "skipped: PyTorch + lightly could not be installed (see the setup's message above)"
+        result, failure = launch(
+            [python, os.path.join(HERE, "torch_step.py"), "--json", "--width", str(width), "--steps", str(steps)]
+            + ["--warmup", "2", "--precision", "bfloat16" if precision == "mixed_bfloat16" else "float32"]
+            + (["--per_view_calls"] if run == "torch_per_view" else [])
+        )
+        if result is not None and "skipped" in result:
+            return None, result["skipped"]
+        if result is not None:
+            rates = [result["images_per_s_median"], result["images_per_s_min"], result["images_per_s_max"]]
+            return {"rates": rates, "flops_per_image": result["flops_per_image"]}, None
+        return None, failure
+    command = [sys.executable, __file__, "--worker", run, "--widths", str(width), "--precision", precision]
+    result, failure = launch(command + ["--steps", str(steps)])
+    if result is None:
+        return None, failure
+    rates = BATCH / np.asarray(result["seconds"])
+    return {"rates": [float(np.median(rates)), float(rates.min()), float(rates.max())], **result}, None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after 2 warm-up steps)")
+    parser.add_argument("--json_out", help="also write every figure to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    print(f"Training step, ResNet-18 CIFAR stem, {SIZE}x{SIZE}x3, batch {BATCH}, 2 views; {args.steps} steps")
+    everything = []
+    for precision in args.precision:
+        peak, failure = launch([sys.executable, __file__, "--worker", "peak", "--precision", precision])
+        peak_gflops = peak["gflops"] if peak else float("nan")
+        print(f"\n{precision}: measured peak (3x3 conv, 128 channels) {peak_gflops:,.0f} GFLOP/s", flush=True)
+        for width in args.widths:
+            rows = {}
+            for run in args.runs:
+                if run == "kc_mocov3_vit_tiny" and width != args.widths[0]:
+                    continue  # ViT-Tiny has no width: measured once per precision
+                result, failure = measure(run, width, precision, args.steps)
+                if result is None:
+                    print(f"  width {width:<4} {run:<20} {failure.strip().splitlines()[-1]}", flush=True)
+                    continue
+                rows[run] = result
+                median, low, high = result["rates"]
+                gflops = result["flops_per_image"] * median / 1e9
+                print(
+                    f"  width {width:<4} {run:<20} {median:7.1f} images/s (min {low:.1f}, max {high:.1f})  "
+                    f"{result['flops_per_image'] / 1e9:.3f} GFLOP/image  {gflops:6.1f} GFLOP/s  "
+                    f"{100 * gflops / peak_gflops:4.1f}% of peak",
+                    flush=True,
+                )
+                everything.append({"precision": precision, "width": width, "run": run, **result})
+            for base in ("torch", "torch_per_view", "keras_io"):
+                if base in rows:
+                    ratios = "  ".join(
+                        f"{run} {rows[run]['rates'][0] / rows[base]['rates'][0]:.2f}x"
+                        for run in rows
+                        if run in ("kc_simclr", "kc_supcon", "kc_mocov3")  # ViT-Tiny: another network
+                    )
+                    print(f"  width {width:<4} ratio to {base:<14} {ratios}", flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(everything, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
