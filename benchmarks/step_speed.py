@@ -97,8 +97,6 @@ def keras_worker(run, width, precision, steps):
     import keras
     import throughput
 
-    import keras_contrastive as kc
-
     if run == "keras_io":
         seconds = throughput.bench_reference(width, steps + 2, precision)
         encoder = throughput.resnet18(width, batch_norm="keras")
@@ -107,18 +105,7 @@ def keras_worker(run, width, precision, steps):
     else:
         method = run[len("kc_") :]
         seconds = throughput.bench_kc(width, steps + 2, precision, method)
-        # The same trainer, built again only to count its layers.
-        encoder = (
-            kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
-            if method == "mocov3_vit_tiny"
-            else kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
-        )
-        if method == "simclr":
-            model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
-        elif method == "supcon":
-            model = kc.SupCon(encoder, temperature=0.1)
-        else:
-            model = kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
+        model = throughput.build_trainer(method, width)  # built again, only to count its layers
         flops = trainer_flops_per_image(model, run)
     keras.mixed_precision.set_global_policy("float32")
     return {"run": run, "seconds": seconds, "flops_per_image": int(flops)}

@@ -64,19 +64,24 @@ def resnet18(width, batch_norm="kc"):
     return encoder if batch_norm == "kc" else keras_batch_norm(encoder)
 
 
-def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1, batch_norm="kc"):
-    """Seconds per training step after the first (and second) call, one per step."""
-    keras.mixed_precision.set_global_policy(precision)
+def build_trainer(method, width, batch_norm="kc"):
+    """The trainer that `bench_kc` times (not compiled), under the current dtype policy."""
     if method == "mocov3_vit_tiny":
         encoder = kc.encoders.ViTTiny((SIZE, SIZE, 3), patch_size=4)
     else:
         encoder = resnet18(width, batch_norm)
     if method == "simclr":
-        model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
-    elif method == "supcon":
-        model = kc.SupCon(encoder, temperature=0.1)
-    else:  # MoCo v3 with the paper's MLP widths scaled down 4x (1024 hidden, 256 out)
-        model = kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
+        return kc.SimCLR(encoder, temperature=0.5, head_version=1)
+    if method == "supcon":
+        return kc.SupCon(encoder, temperature=0.1)
+    # MoCo v3 with the paper's MLP widths scaled down 4x (1024 hidden, 256 out)
+    return kc.MoCoV3(encoder, temperature=0.2, hidden_dim=1024, projection_dim=256)
+
+
+def bench_kc(width, steps, precision, method="simclr", steps_per_execution=1, batch_norm="kc"):
+    """Seconds per training step after the first (and second) call, one per step."""
+    keras.mixed_precision.set_global_policy(precision)
+    model = build_trainer(method, width, batch_norm)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), steps_per_execution=steps_per_execution)
     timer = StepTimer()
     model.fit(views_dataset(steps, labels=method == "supcon"), epochs=1, verbose=0, callbacks=[timer])
