@@ -606,6 +606,15 @@ def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, str
     """
     stream = stream or (lambda dataset: dataset)
     backup_callback = backup(args)
+    views = training_views(args, model, data, backup_callback.resume_step, shuffle, repeat, stream)
+    samples = model.views_dataset(stream(data.dataset), 8, seed=args.seed, crop=data.crop)
+    return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
+
+
+def training_views(args, model, data, resume_step=0, shuffle=True, repeat=True, stream=None):
+    """The recipe's training input: batches of augmented views of `data` from batch `resume_step` on, through
+    `model.views_dataset` (sharded per worker with `--shard_input`, `--data_service` where given)."""
+    stream = stream or (lambda dataset: dataset)
     options = dict(
         shuffle_buffer=min(data.num_examples, args.shuffle_buffer) if shuffle else None,
         seed=args.seed,
@@ -613,19 +622,14 @@ def fit_views(args, model, data, steps_per_epoch, shuffle=True, repeat=True, str
         crop=data.crop,
     )
     if args.shard_input:
-        views = sharded_views(
-            args, model.distribute_strategy, model.views_dataset, stream, backup_callback.resume_step, **options
-        )
-    else:
-        views = model.views_dataset(
-            stream(data.dataset),
-            args.batch_size,
-            start_batch=backup_callback.resume_step,
-            data_service=args.data_service,
-            **options,
-        )
-    samples = model.views_dataset(stream(data.dataset), 8, seed=args.seed, crop=data.crop)
-    return fit(args, model, views, steps_per_epoch, backup_callback, sample_views=samples)
+        return sharded_views(args, model.distribute_strategy, model.views_dataset, stream, resume_step, **options)
+    return model.views_dataset(
+        stream(data.dataset),
+        args.batch_size,
+        start_batch=resume_step,
+        data_service=args.data_service,
+        **options,
+    )
 
 
 def sharded_views(args, strategy, views_dataset, stream, resume_step, **options):
