@@ -1,8 +1,8 @@
 """Augmentation throughput and repeatability: our SimCLRAugmenter against keras-cv 0.9.
 
-Run: python benchmarks/augment_throughput.py [--batches 20]
+Run: python benchmarks/augment_throughput.py [--batches 20] [--sizes 32 96 224] [--only keras_contrastive]
 
-For 32x32 and 96x96 RGB images, with and without blur, batch 256, inside
+For 32x32 and 96x96 RGB images (`--sizes`), with and without blur, batch 256, inside
 `tf.data.map` (parallel calls, where this library runs augmentation), prints
 views/s for
   * keras_contrastive: `SimCLRAugmenter` with stateless per-batch seeds;
@@ -151,14 +151,17 @@ def main():
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--train_steps", type=int, default=20)
     parser.add_argument("--skip_placement", action="store_true", help="only the augmentation table")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96], help="image sizes (e.g. 32 96 224)")
+    parser.add_argument("--only", nargs="+", default=None, help="pipelines to run (default: all three)")
     args = parser.parse_args()
     pipelines = (
         ("keras_contrastive", ours),
         ("keras-cv 0.9", keras_cv_pipeline),
         ("keras-cv via LayerAugmenter", keras_cv_seeded),
     )
+    pipelines = [(name, factory) for name, factory in pipelines if args.only is None or name in args.only]
     print(f"Augmentation in tf.data.map, batch {BATCH}, RGB uint8 input; views/s (repeats = same seed, same views)")
-    for size in (32, 96):
+    for size in args.sizes:
         for blur in (False, True):
             row = []
             for name, factory in pipelines:

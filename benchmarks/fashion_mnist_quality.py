@@ -276,9 +276,9 @@ def _percent(result, key):
 
 
 def cpu_kind():
-    """Whether the CPU has AMX: bfloat16 is 1.2x faster than float32 with it and 0.7x without (RESULTS.md)."""
-    amx = common.has_amx()
-    return "CPU flags unknown" if amx is None else ("with AMX" if amx else "without AMX")
+    """The CPU's bfloat16 hardware, which decides what `--precision auto` trains in (recipes/common.py)."""
+    unit = common.bfloat16_hardware()
+    return "CPU flags unknown" if unit is None else (f"with {unit}" if unit else "without bfloat16 hardware")
 
 
 def write_markdown(path, args, results, argv):

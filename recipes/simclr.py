@@ -9,7 +9,7 @@ Defaults for small grayscale images, chosen by the recorded sweep in benchmarks/
 0.9, rate 0.3, cosine after 0.2 epoch of warmup, weight decay 5e-4 added to the gradient), head
 Dense-BN-ReLU-Dense, each view encoded in its own call, temperature 0.2, colour jitter strength 1.5
 (brightness and contrast up to 1.2 with p=0.8; s=0.5 in the preset), `--precision auto` (bfloat16 training
-on a TPU or an AMX CPU, float32 elsewhere; evaluation and export in float32). Expected on 2 CPU cores:
+on a TPU or a CPU with AMX or AVX-512 BF16, float32 elsewhere; evaluation and export in float32). Expected on 2 CPU cores:
 see benchmarks/RESULTS.md (kNN and linear probe on the 10k test images, wall time).
 
 Scaled to the paper's ImageNet setting (on accelerators, data prepared for tfds):
@@ -49,7 +49,9 @@ def build_parser():
     # 83.12, 83.55% kNN). 2 epochs, not 4: the main job must fit 10 minutes on 2 cores of either machine kind this
     # project runs on; without AMX a step takes 0.9-1.0 s (4 epochs: ~17 minutes), and 2 epochs scored 82.73 /
     # 87.63% in 539 s there against 4 epochs' 83.38 / 87.43% (AMX machine, float32). bfloat16 on AMX trained
-    # 1.2x faster per step to the same figures (4 epochs: 83.86 / 87.82%); without AMX it is slower, so `auto`.
+    # 1.2x faster per step to the same figures (4 epochs: 83.86 / 87.82%). With AVX-512 BF16 and no AMX, since the
+    # fused BatchNorm, bfloat16 ran the main job in 307 s against 401 s at 82.68 / 87.19% against 83.08 / 87.61%
+    # (2026-12-03, kNN within 0.5 points); a CPU without either emulates bfloat16 and is slower, so `auto`.
     parser.set_defaults(
         epochs=2,
         image_size=28,

@@ -448,15 +448,18 @@ def test_precision_auto_picks_bfloat16_only_where_hardware_runs_it(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "recipes"))
     import common
 
-    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx, avx512_bf16, plain = tmp_path / "amx", tmp_path / "avx512_bf16", tmp_path / "plain"
     amx.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
-    plain.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")  # AVX-512 BF16 without AMX: not enough
+    avx512_bf16.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")  # bfloat16 dot products, no AMX
+    plain.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")  # no bfloat16 unit: emulated, slower
     default = tf.distribute.get_strategy()
 
     class TPUStrategy:  # resolve_precision goes by the strategy's class name, as TPUStrategy subclasses vary
         pass
 
+    assert [common.bfloat16_hardware(str(f)) for f in (amx, avx512_bf16, plain)] == ["AMX", "AVX-512 BF16", ""]
     assert common.resolve_precision("auto", default, str(amx)) == "mixed_bfloat16"
+    assert common.resolve_precision("auto", default, str(avx512_bf16)) == "mixed_bfloat16"
     assert common.resolve_precision("auto", default, str(plain)) == "float32"
     assert common.resolve_precision("auto", default, str(tmp_path / "missing")) == "float32"
     assert common.resolve_precision("auto", TPUStrategy(), str(plain)) == "mixed_bfloat16"
