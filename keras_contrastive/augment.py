@@ -220,7 +220,9 @@ def apply_color_jitter(images, params):
     usable = 3 if rgb else 2  # ops 0..usable-1 act on this image type
 
     def stages(x, before_hue):
-        for position in range(4):
+        # Hue holds one of the 4 positions: only positions 0-2 can come before it and 1-3 after it (6 blend
+        # passes over the batch instead of 8; each pass reads the whole batch for its per-image mean).
+        for position in range(3) if before_hue else range(1, 4):
             op = order[:, position]
             active = (position < hue_position) if before_hue else (position > hue_position)
             active &= op < usable
