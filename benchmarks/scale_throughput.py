@@ -30,21 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from throughput import StepTimer  # noqa: E402 (benchmarks/throughput.py)
 
 import keras_contrastive as kc  # noqa: E402
 
 SIZE, LOGICAL = 32, 4
-
-
-class StepTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
 
 
 def strategy(replicas):

@@ -46,8 +46,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
       seen as a 6e-5 relative gradient difference between 1 and 2 replicas
       on the same global batch (SimCLR v2 head), and float32 channels at
       1000 +- 0.5 get variances of 0.5 for an exact 0.35. It costs one more
-      all-reduce per layer. On one replica a synchronized layer is a local
-      one, and takes the fused path.
+      all-reduce per layer. The fused kernel then normalizes with the global
+      statistics, and the backward pass is the layer's own (one all-reduce
+      of two per-channel sums; `_global_batch_norm`), where the kernel's
+      gradient would miss the path through the statistics. On one replica a
+      synchronized layer is a local one, and takes the local fused path.
 
     Input shape:
         Any; `axis` (default -1) is the channel axis.
@@ -70,7 +73,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and 2 <= rank <= 4
             and self.axis in (-1, rank - 1)
             and keras.backend.standardize_dtype(inputs.dtype) in _FUSED_DTYPES
-            and (not self.synchronized or distribute.num_replicas() == 1)
         )
 
     def _fused_training_call(self, inputs):
@@ -78,12 +80,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         x = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
         gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels], "float32")
         beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels], "float32")
-        y, mean, sample_variance = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
-        )
-        # The kernel's variance divides by count - 1 (by 1 when count is 1).
-        count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
-        variance = sample_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        if self.synchronized and distribute.num_replicas() > 1:
+            y, mean, variance = _global_batch_norm(x, gamma, beta, self.epsilon)
+        else:
+            y, mean, sample_variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
+            # The kernel's variance divides by count - 1 (by 1 when count is 1).
+            count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
+            variance = sample_variance * (tf.maximum(count - 1.0, 1.0) / count)
         momentum = self.momentum
         self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
@@ -98,7 +103,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             y = tf.reshape(y, tf.shape(inputs))
         return ops.cast(y, self.compute_dtype)
 
-    def _moments(self, inputs, mask):
+    def _moments(self, inputs, mask):  # Keras' path (masks, renorm, float64, axis != last) with exact sync
         if mask is not None or not self.synchronized:
             return super()._moments(inputs, mask)
         axes = self._reduction_axes
@@ -110,14 +115,51 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
 
 
+def _global_batch_norm(x, gamma, beta, epsilon):
+    """Training-mode batch norm of `x` `[n, H, W, C]` with the statistics of the global batch (all replicas).
+
+    Forward: the two-pass exact statistics (the sum all-reduced, then the squared deviations from the global
+    mean), then TensorFlow's fused kernel normalizes with them (FusedBatchNormV3 given the mean and variance:
+    one op, in `x`'s dtype). Backward, written out because that kernel's gradient treats given statistics as
+    constants: with N the global count, x_hat = (x - mean) / sqrt(var + eps) and the two sums all-reduced in one
+    collective, dx = gamma / (N sqrt(var + eps)) * (N dy - sum(dy) - x_hat sum(dy x_hat)); gamma and beta get
+    this replica's sums, which the optimizer's all-reduce adds up (as for any weight). PyTorch's SyncBatchNorm
+    has the same structure. Returns `(y, mean, variance)`, the variance the population one (float32 `[C]`).
+    """
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        axes = [0, 1, 2]
+        x32 = tf.cast(x, "float32")
+        count = distribute.all_reduce_sum(tf.cast(tf.size(x32) // tf.shape(x32)[-1], "float32"))
+        mean = distribute.all_reduce_sum(tf.reduce_sum(x32, axes)) / count
+        variance = distribute.all_reduce_sum(tf.reduce_sum(tf.square(x32 - mean), axes)) / count
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, mean=mean, variance=variance, epsilon=epsilon, data_format="NHWC", is_training=False
+        )
+
+        def grad(dy, _dmean, _dvariance):
+            dy32 = tf.cast(dy, "float32")
+            inv = tf.math.rsqrt(variance + epsilon)
+            x_hat = (x32 - mean) * inv
+            local = tf.stack([tf.reduce_sum(dy32, axes), tf.reduce_sum(dy32 * x_hat, axes)])  # [2, C]
+            sum_dy, sum_dy_x_hat = tf.unstack(distribute.all_reduce_sum(local))
+            dx = (gamma * inv / count) * (count * dy32 - sum_dy - x_hat * sum_dy_x_hat)
+            return tf.cast(dx, x.dtype), local[1], local[0]
+
+        return (y, tf.identity(mean), tf.identity(variance)), grad
+
+    return normalize(x, gamma, beta)
+
+
 @keras.saving.register_keras_serializable(package="keras_contrastive")
 class SyncBatchNormalization(BatchNormalization):
     """`BatchNormalization` whose batch statistics cover all replicas.
 
     Takes the arguments of `keras.layers.BatchNormalization`; `synchronized`
     is always True. Its statistics are computed in two passes, exact across
-    replicas (see `BatchNormalization`); with one replica it is the fused
-    local layer.
+    replicas, and normalized with the fused kernel (see `BatchNormalization`);
+    with one replica it is the fused local layer.
     """
 
     def __init__(self, **kwargs):
