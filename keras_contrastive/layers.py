@@ -108,8 +108,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super()._moments(inputs, mask)
         axes = self._reduction_axes
         local_count = ops.cast(ops.prod([ops.shape(inputs)[a] for a in axes]), inputs.dtype)
-        count = distribute.all_reduce_sum(local_count)
-        mean = distribute.all_reduce_sum(ops.sum(inputs, axis=axes, keepdims=True)) / count
+        # The count rides in the sum's collective: one all-reduce, exact even for uneven shards.
+        local_sum = ops.sum(inputs, axis=axes, keepdims=True)
+        flat = ops.concatenate([ops.reshape(local_sum, [-1]), ops.reshape(local_count, [1])], axis=0)
+        totals = distribute.all_reduce_sum(flat)
+        count = totals[-1]
+        mean = ops.reshape(totals[:-1], ops.shape(local_sum)) / count
         squared = ops.sum(ops.square(inputs - mean), axis=axes, keepdims=True)
         variance = distribute.all_reduce_sum(squared) / count
         return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
@@ -131,8 +135,11 @@ def _global_batch_norm(x, gamma, beta, epsilon):
     def normalize(x, gamma, beta):
         axes = [0, 1, 2]
         x32 = tf.cast(x, "float32")
-        count = distribute.all_reduce_sum(tf.cast(tf.size(x32) // tf.shape(x32)[-1], "float32"))
-        mean = distribute.all_reduce_sum(tf.reduce_sum(x32, axes)) / count
+        local_count = tf.cast(tf.size(x32) // tf.shape(x32)[-1], "float32")
+        # The count rides in the sum's collective: one all-reduce, exact even for uneven shards.
+        totals = distribute.all_reduce_sum(tf.concat([tf.reduce_sum(x32, axes), local_count[None]], axis=0))
+        count = totals[-1]
+        mean = totals[:-1] / count
         variance = distribute.all_reduce_sum(tf.reduce_sum(tf.square(x32 - mean), axes)) / count
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta, mean=mean, variance=variance, epsilon=epsilon, data_format="NHWC", is_training=False

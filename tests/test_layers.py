@@ -427,6 +427,29 @@ def test_synchronized_batch_norm_is_fused_on_one_replica_and_exact_on_two():
         np.testing.assert_allclose(np.asarray(value), fused[2][1], rtol=1e-5)
 
 
+@pytest.mark.parametrize("axis", [-1, 1], ids=["fused", "keras_path"])
+def test_synchronized_batch_norm_counts_uneven_shards_exactly(axis):
+    # 3 images on one replica, 5 on the other (a last partial batch): the global count is the sum of the local
+    # ones, not the local count times the replicas. The count rides in the sum's all-reduce.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.0, 1.0, (3, 4, 4, 3)), rng.normal(2.0, 3.0, (5, 4, 4, 3))]).astype("float32")
+    reference = layers.SyncBatchNormalization(axis=axis, momentum=0.5)
+    want = reference(x, training=True).numpy()
+    strategy = cpu_strategy(2)
+    with strategy.scope():
+        layer = layers.SyncBatchNormalization(axis=axis, momentum=0.5)
+        layer.build(x.shape)
+    sizes = [0, 3, 8]
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(x[sizes[ctx.replica_id_in_sync_group] : sizes[ctx.replica_id_in_sync_group + 1]])
+    )
+    outputs = tf.function(lambda v: strategy.run(lambda t: layer(t, training=True), args=(v,)))(inputs)
+    got = np.concatenate([t.numpy() for t in strategy.experimental_local_results(outputs)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for value in strategy.experimental_local_results(layer.moving_variance.value):
+        np.testing.assert_allclose(np.asarray(value), reference.moving_variance.numpy(), rtol=1e-5)
+
+
 def test_fused_batch_norm_carries_a_nan_or_inf_batch_to_the_losses():
     # In a graph, TensorFlow fuses the kernel with the ReLU after it, which maps NaN to 0: without the
     # layer's zero-valued loss, a NaN batch would reach neither the outputs nor the loss.
