@@ -2,8 +2,10 @@
 
 An encoder, in this library, is any `keras.Model` that maps float32 images in
 [0, 1], `[batch, H, W, C]`, to features `[batch, dim]`. The ResNets here are
-functional models built from core Keras layers (so they save to `.keras` and
-load in safe mode) with the two stems used in the contrastive literature:
+functional models built from Keras layers and `kc.layers`' registered
+Conv2D and BatchNormalization (Keras' own with faster training paths; they
+save to `.keras` and load in safe mode) with the two stems used in the
+contrastive literature:
 
 * `stem="cifar"`: a 3x3 stride-1 convolution and no max-pool, for 32x32
   images (SimCLR appendix B.9, CIFAR-10 experiments);
@@ -14,6 +16,7 @@ import keras
 from keras import layers
 
 from keras_contrastive import distribute
+from keras_contrastive import layers as kc_layers
 from keras_contrastive.layers import batch_normalization
 
 # SimCLR's ResNet uses a BN decay of 0.9 and epsilon 1e-5 (reference resnet.py).
@@ -49,7 +52,7 @@ def batch_norm(synchronized, name, zero_init=False):
 
 
 def _conv(filters, kernel_size, strides, name):
-    return layers.Conv2D(
+    return kc_layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,

@@ -7,6 +7,7 @@ from keras import ops
 # Keras exports no name for the class of Functional models; clone_model
 # dispatches on this same class.
 from keras.src.models.functional import Functional as _Functional
+from tensorflow.python.ops import control_flow_util  # XLA context: no public name
 
 from keras_contrastive import distribute
 
@@ -172,6 +173,114 @@ class SyncBatchNormalization(BatchNormalization):
     def __init__(self, **kwargs):
         kwargs["synchronized"] = True
         super().__init__(**kwargs)
+
+
+_KERNEL_GRADIENTS = ("auto", "native", "matmul")
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class Conv2D(keras.layers.Conv2D):
+    """Keras' Conv2D whose kernel gradient can run as one matmul per kernel tap.
+
+    Same arguments, weights, outputs and gradients as `keras.layers.Conv2D`
+    (up to float rounding), plus `kernel_gradient`:
+
+    * `"native"`: TensorFlow's Conv2DBackpropFilter (oneDNN's backward-weights
+      kernel on the CPU), as Keras runs it.
+    * `"matmul"`: for a stride-1, undilated, ungrouped, channels-last
+      convolution, dL/dkernel[i, j] = x_shifted(i, j)^T dy, one
+      `[C_in, n*H*W] x [n*H*W, C_out]` matmul per tap (the input gradient
+      stays TensorFlow's kernel). Other convolutions take the native path.
+    * `"auto"` (default): `"matmul"` only where it was measured faster, on
+      the CPU outside XLA: bfloat16 with C_in >= 4*H*W, float32 with C_in >=
+      512 and H*W <= 49 (H, W: the output's). Why: oneDNN's backward-weights
+      kernel, as TensorFlow 2.21 ships it, is slow on small maps with many
+      channels; in a ResNet-18 step on 32x32 images (bfloat16, batch 512,
+      AVX-512 BF16 CPU) the 4x4x512 layers' kernel gradients ran at 87 GFLOP/s
+      against 420-470 for their forward pass, a quarter of the whole step.
+      The matmuls run them at about 300 (benchmarks/conv_kernel_grad.py
+      measures both on any machine). On accelerators and under XLA the
+      native op is kept.
+    """
+
+    def __init__(self, *args, kernel_gradient="auto", **kwargs):
+        if kernel_gradient not in _KERNEL_GRADIENTS:
+            raise ValueError(f"`kernel_gradient` must be one of {_KERNEL_GRADIENTS}; got {kernel_gradient!r}.")
+        super().__init__(*args, **kwargs)
+        self.kernel_gradient = kernel_gradient
+
+    def _uses_matmul_gradient(self, inputs):
+        if self.kernel_gradient == "native" or not (
+            tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+            and tuple(self.kernel_size) != (1, 1)
+        ):
+            return False
+        if self.kernel_gradient == "matmul":
+            return True
+        if _on_accelerator() or control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            return False
+        height, width, channels = inputs.shape[1:]
+        if None in (height, width, channels):
+            return False
+        if self.padding == "valid":
+            height, width = height - self.kernel_size[0] + 1, width - self.kernel_size[1] + 1
+        if self.compute_dtype == "bfloat16":
+            return channels >= 4 * height * width
+        return self.compute_dtype == "float32" and channels >= 512 and height * width <= 49
+
+    def convolution_op(self, inputs, kernel):
+        if not self._uses_matmul_gradient(inputs):
+            return super().convolution_op(inputs, kernel)
+        padding = self.padding.upper()
+
+        @tf.custom_gradient
+        def convolve(x, k):
+            def grad(dy):
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=k, out_backprop=dy, strides=[1, 1, 1, 1], padding=padding
+                )
+                return dx, kernel_gradient_by_matmul(x, dy, k.shape, padding)
+
+            return tf.nn.conv2d(x, k, strides=1, padding=padding), grad
+
+        # The kernel is read here, outside the custom gradient (which would otherwise ask for its variables).
+        return convolve(inputs, tf.convert_to_tensor(kernel))
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_gradient": self.kernel_gradient}
+
+
+def _on_accelerator():
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def kernel_gradient_by_matmul(x, dy, kernel_shape, padding):
+    """The kernel gradient of a stride-1, undilated 2-D convolution, one matmul per tap.
+
+    Args:
+        x: the convolution's input, `[n, H, W, C_in]`.
+        dy: the loss's gradient with respect to its output, `[n, OH, OW, C_out]`.
+        kernel_shape: `(kh, kw, C_in, C_out)`.
+        padding: `"SAME"` (TensorFlow's split: the extra row and column at the end) or `"VALID"`.
+
+    Returns:
+        `[kh, kw, C_in, C_out]`, in `x`'s dtype (the matmuls accumulate in float32 on the CPU).
+    """
+    kh, kw, c_in, c_out = kernel_shape
+    if padding == "SAME":
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        x = tf.pad(x, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]])
+    out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+    dy_rows = tf.reshape(dy, [-1, c_out])
+    taps = [
+        tf.matmul(tf.reshape(x[:, i : i + out_h, j : j + out_w, :], [-1, c_in]), dy_rows, transpose_a=True)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return tf.reshape(tf.stack(taps), [kh, kw, c_in, c_out])
 
 
 def batch_normalization(synchronized=False, **kwargs):

@@ -470,3 +470,97 @@ def test_fused_batch_norm_carries_a_nan_or_inf_batch_to_the_losses():
         images[1, 2, 3, 0] = bad
         _, loss = step(images)
         assert np.isnan(float(loss)), bad
+
+
+def conv_gradients(layer, x, upstream, jit=False):
+    """Output, input gradient and kernel/bias gradients of `layer` on `x` against a fixed upstream gradient,
+    and the op types of the traced step."""
+
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(tf.cast(layer(inputs), "float64") * upstream)
+        return tape.gradient(loss, [inputs, *layer.trainable_weights])
+
+    fn = tf.function(step, jit_compile=jit)
+    grads = fn(tf.constant(x, layer.compute_dtype))
+    return [tf.cast(g, "float64").numpy() for g in grads], op_types(fn, tf.constant(x, layer.compute_dtype))
+
+
+def numpy_kernel_gradient(x, upstream, kernel_shape, padding):
+    """dL/dkernel of a stride-1 convolution by its definition, in float64: sum over images and output positions
+    of the input patch times the upstream gradient (TensorFlow's SAME puts the extra padding at the end)."""
+    kh, kw = kernel_shape[:2]
+    if padding == "same":
+        x = np.pad(x, [(0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)])
+    out_h, out_w = upstream.shape[1:3]
+    grad = np.zeros(kernel_shape)
+    for i in range(kh):
+        for j in range(kw):
+            grad[i, j] = np.einsum("nhwc,nhwd->cd", x[:, i : i + out_h, j : j + out_w], upstream)
+    return grad
+
+
+@pytest.mark.parametrize("kernel_size", [(3, 3), (2, 4)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv2d_matmul_kernel_gradient_is_the_convolutions_gradient(float64, kernel_size, padding):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 6, 5))
+    ref = keras.layers.Conv2D(4, kernel_size, padding=padding)
+    ref.build(x.shape)
+    ref.set_weights([rng.normal(size=w.shape) for w in ref.weights])
+    upstream = rng.normal(size=ref.compute_output_shape(x.shape))
+    matmul = layers.Conv2D(4, kernel_size, padding=padding, kernel_gradient="matmul")
+    matmul.build(x.shape)
+    matmul.set_weights(ref.get_weights())
+
+    want, _ = conv_gradients(ref, x, upstream)
+    got, ops_seen = conv_gradients(matmul, x, upstream)
+    assert "Conv2DBackpropFilter" not in ops_seen and "MatMul" in ops_seen
+    np.testing.assert_allclose(got[1], numpy_kernel_gradient(x, upstream, ref.kernel.shape, padding), rtol=1e-10)
+    for g, w in zip(got, want):  # input, kernel and bias gradients
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(matmul(x).numpy(), ref(x).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "policy, shape, channels, want_matmul",
+    [
+        ("mixed_bfloat16", (2, 4, 4, 64), 16, True),  # C_in >= 4*H*W
+        ("mixed_bfloat16", (2, 8, 8, 64), 16, False),
+        ("float32", (2, 4, 4, 512), 8, True),  # C_in >= 512, H*W <= 49
+        ("float32", (2, 4, 4, 256), 8, False),
+    ],
+)
+def test_conv2d_auto_kernel_gradient_where_measured_faster_and_never_under_xla(policy, shape, channels, want_matmul):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=shape).astype("float32")
+    layer = layers.Conv2D(channels, 3, padding="same", dtype=policy)
+    layer.build(shape)
+    upstream = rng.normal(size=shape[:3] + (channels,))
+    plain = layers.Conv2D(channels, 3, padding="same", dtype=policy, kernel_gradient="native")
+    plain.build(shape)
+    plain.set_weights(layer.get_weights())
+    got, ops_seen = conv_gradients(layer, x, upstream)
+    want, plain_ops = conv_gradients(plain, x, upstream)
+    assert ("Conv2DBackpropFilter" not in ops_seen) == want_matmul
+    assert "Conv2DBackpropFilter" in plain_ops
+    tolerance = 2e-2 if policy == "mixed_bfloat16" else 1e-5
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tolerance, atol=tolerance * np.abs(w).max())
+    # Under XLA the native gradient is kept (the matmuls are slower there).
+    _, jit_ops = conv_gradients(layer, x, upstream, jit=True)
+    assert "Conv2DBackpropFilter" in jit_ops
+
+
+def test_conv2d_config_round_trip_and_bad_kernel_gradient():
+    layer = layers.Conv2D(8, 3, strides=2, kernel_gradient="native", name="c")
+    clone = layers.Conv2D.from_config(layer.get_config())
+    assert clone.kernel_gradient == "native" and clone.strides == (2, 2)
+    with pytest.raises(ValueError, match="kernel_gradient"):
+        layers.Conv2D(8, 3, kernel_gradient="fast")
+    # A strided convolution takes the native path even when asked for the matmuls.
+    strided = layers.Conv2D(4, 3, strides=2, padding="same", kernel_gradient="matmul")
+    strided.build((1, 6, 6, 2))
+    _, ops_seen = conv_gradients(strided, np.ones((1, 6, 6, 2)), np.ones((1, 3, 3, 4)))
+    assert "Conv2DBackpropFilter" in ops_seen
