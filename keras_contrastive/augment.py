@@ -34,6 +34,7 @@ import math
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # XLA context: no public name
 
 # The SimCLR colour jitter with strength s: brightness, contrast and saturation
 # 0.8 s, hue 0.2 s (paper appendix A, `color_jitter` in the reference code).
@@ -266,11 +267,17 @@ def to_grayscale(images):
 def gaussian_blur(images, sigma, kernel_size):
     """Separable Gaussian blur with a per-image `sigma` `[batch]`.
 
-    Each pass is a weighted sum of `kernel_size` shifted copies of the
-    zero-padded batch ('SAME' zero padding, as in the SimCLR reference code),
-    with per-image weights: element-wise work that XLA fuses. A per-image
-    kernel as a depthwise convolution (batch folded into channels) measured
-    19x slower under XLA on this CPU (467 against 8,700 views/s at 96x96).
+    'SAME' zero padding, as in the SimCLR reference code. Two forms, the
+    same values up to float rounding, chosen where the graph is traced:
+
+    * under XLA (a `jit_compile` step, TPUs), each pass is a weighted sum of
+      `kernel_size` shifted copies of the padded batch with per-image
+      weights: element-wise work that XLA fuses. A depthwise convolution
+      measured 19x slower there on the CPU (467 against 8,700 views/s at
+      96x96);
+    * elsewhere (the tf.data pipeline, a step without XLA), one depthwise
+      convolution per pass with the batch folded into the channels, which
+      oneDNN runs in one kernel (benchmarks/augment_throughput.py).
 
     Args:
         images: float32 `[batch, H, W, C]` with static H and W.
@@ -281,11 +288,25 @@ def gaussian_blur(images, sigma, kernel_size):
     offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)  # [k]
     kernel = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)[:, None]))
     kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [batch, k]
+    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return _depthwise_blur(images, kernel)
     height, width = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [radius, radius], [0, 0], [0, 0]])
     rows = sum(kernel[:, i, None, None, None] * padded[:, i : i + height] for i in range(2 * radius + 1))
     padded = tf.pad(rows, [[0, 0], [0, 0], [radius, radius], [0, 0]])
     return sum(kernel[:, i, None, None, None] * padded[:, :, i : i + width] for i in range(2 * radius + 1))
+
+
+def _depthwise_blur(images, kernel):
+    """`gaussian_blur`'s two passes as depthwise convolutions: `[batch, H, W, C]` becomes one `[1, H, W, batch*C]`
+    image whose channel b*C + c is blurred with image b's `kernel` `[batch, k]`."""
+    shape = tf.shape(images)
+    channels = images.shape[-1]
+    folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+    taps = tf.transpose(tf.repeat(kernel, channels, axis=0))  # [k, batch*C]
+    folded = tf.nn.depthwise_conv2d(folded, taps[:, None, :, None], [1, 1, 1, 1], "SAME")  # along H
+    folded = tf.nn.depthwise_conv2d(folded, taps[None, :, :, None], [1, 1, 1, 1], "SAME")  # along W
+    return tf.transpose(tf.reshape(folded, [shape[1], shape[2], shape[0], channels]), [2, 0, 1, 3])
 
 
 def solarize(images, threshold=0.5):

@@ -187,19 +187,22 @@ class Conv2D(keras.layers.Conv2D):
 
     * `"native"`: TensorFlow's Conv2DBackpropFilter (oneDNN's backward-weights
       kernel on the CPU), as Keras runs it.
-    * `"matmul"`: for a stride-1, undilated, ungrouped, channels-last
-      convolution, dL/dkernel[i, j] = x_shifted(i, j)^T dy, one
-      `[C_in, n*H*W] x [n*H*W, C_out]` matmul per tap (the input gradient
-      stays TensorFlow's kernel). Other convolutions take the native path.
+    * `"matmul"`: for a stride-1 or stride-2, undilated, ungrouped,
+      channels-last convolution, dL/dkernel[i, j] = x_shifted(i, j)^T dy,
+      one `[C_in, n*H*W] x [n*H*W, C_out]` matmul per tap (the input
+      gradient stays TensorFlow's kernel). Other convolutions take the
+      native path.
     * `"auto"` (default): `"matmul"` only where it was measured faster, on
-      the CPU outside XLA: bfloat16 with C_in >= 4*H*W, float32 with C_in >=
-      512 and H*W <= 49 (H, W: the output's). Why: oneDNN's backward-weights
+      the CPU outside XLA: bfloat16 with C_in >= 128 and C_in >= 4*H*W at
+      stride 1 or C_in >= H*W/2 at stride 2, float32 at stride 1 with C_in >= 512 and
+      H*W <= 49 (H, W: the output's). Why: oneDNN's backward-weights
       kernel, as TensorFlow 2.21 ships it, is slow on small maps with many
       channels; in a ResNet-18 step on 32x32 images (bfloat16, batch 512,
       AVX-512 BF16 CPU) the 4x4x512 layers' kernel gradients ran at 87 GFLOP/s
       against 420-470 for their forward pass, a quarter of the whole step.
-      The matmuls run them at about 300 (benchmarks/conv_kernel_grad.py
-      measures both on any machine). On accelerators and under XLA the
+      The matmuls run them at about 300, and the stride-2 8x8 -> 4x4 layer
+      at 243 against 87 (benchmarks/conv_kernel_grad.py measures both on
+      any machine). On accelerators and under XLA the
       native op is kept.
     """
 
@@ -210,41 +213,47 @@ class Conv2D(keras.layers.Conv2D):
         self.kernel_gradient = kernel_gradient
 
     def _uses_matmul_gradient(self, inputs):
+        strides = tuple(self.strides)
         if self.kernel_gradient == "native" or not (
-            tuple(self.strides) == (1, 1)
+            strides in ((1, 1), (2, 2))
             and tuple(self.dilation_rate) == (1, 1)
             and self.groups == 1
             and self.data_format == "channels_last"
             and tuple(self.kernel_size) != (1, 1)
         ):
             return False
+        height, width, channels = inputs.shape[1:]
+        if strides == (2, 2) and None in (height, width):
+            return False  # the strided form splits the input into phases of static size
         if self.kernel_gradient == "matmul":
             return True
         if _on_accelerator() or control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
             return False
-        height, width, channels = inputs.shape[1:]
         if None in (height, width, channels):
             return False
-        if self.padding == "valid":
-            height, width = height - self.kernel_size[0] + 1, width - self.kernel_size[1] + 1
+        out_h, out_w = (
+            _output_size(height, self.kernel_size[0], strides[0], self.padding),
+            _output_size(width, self.kernel_size[1], strides[1], self.padding),
+        )
         if self.compute_dtype == "bfloat16":
-            return channels >= 4 * height * width
-        return self.compute_dtype == "float32" and channels >= 512 and height * width <= 49
+            return channels >= max(128, (4 if strides == (1, 1) else 0.5) * out_h * out_w)
+        return self.compute_dtype == "float32" and strides == (1, 1) and channels >= 512 and out_h * out_w <= 49
 
     def convolution_op(self, inputs, kernel):
         if not self._uses_matmul_gradient(inputs):
             return super().convolution_op(inputs, kernel)
         padding = self.padding.upper()
+        strides = list(self.strides)
 
         @tf.custom_gradient
         def convolve(x, k):
             def grad(dy):
                 dx = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(x), filter=k, out_backprop=dy, strides=[1, 1, 1, 1], padding=padding
+                    input_sizes=tf.shape(x), filter=k, out_backprop=dy, strides=[1, *strides, 1], padding=padding
                 )
-                return dx, kernel_gradient_by_matmul(x, dy, k.shape, padding)
+                return dx, kernel_gradient_by_matmul(x, dy, k.shape, padding, strides[0])
 
-            return tf.nn.conv2d(x, k, strides=1, padding=padding), grad
+            return tf.nn.conv2d(x, k, strides=strides, padding=padding), grad
 
         # The kernel is read here, outside the custom gradient (which would otherwise ask for its variables).
         return convolve(inputs, tf.convert_to_tensor(kernel))
@@ -257,29 +266,54 @@ def _on_accelerator():
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def kernel_gradient_by_matmul(x, dy, kernel_shape, padding):
-    """The kernel gradient of a stride-1, undilated 2-D convolution, one matmul per tap.
+def _output_size(size, kernel, stride, padding):
+    return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
+
+
+def kernel_gradient_by_matmul(x, dy, kernel_shape, padding, stride=1):
+    """The kernel gradient of an undilated 2-D convolution (stride 1 or 2), one matmul per tap.
+
+    dL/dkernel[i, j] = sum over images and output positions (p, q) of x_padded[:, s*p + i, s*q + j, :]^T
+    dy[:, p, q, :]. With stride 2 the padded input is first split into its 2x2 phases (one reshape and transpose),
+    so that each tap reads a contiguous block rather than a strided one.
 
     Args:
-        x: the convolution's input, `[n, H, W, C_in]`.
+        x: the convolution's input, `[n, H, W, C_in]` (static H and W when `stride` is 2).
         dy: the loss's gradient with respect to its output, `[n, OH, OW, C_out]`.
         kernel_shape: `(kh, kw, C_in, C_out)`.
         padding: `"SAME"` (TensorFlow's split: the extra row and column at the end) or `"VALID"`.
+        stride: 1 or 2, the same along both axes.
 
     Returns:
         `[kh, kw, C_in, C_out]`, in `x`'s dtype (the matmuls accumulate in float32 on the CPU).
     """
     kh, kw, c_in, c_out = kernel_shape
-    if padding == "SAME":
-        top, left = (kh - 1) // 2, (kw - 1) // 2
-        x = tf.pad(x, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]])
-    out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
     dy_rows = tf.reshape(dy, [-1, c_out])
-    taps = [
-        tf.matmul(tf.reshape(x[:, i : i + out_h, j : j + out_w, :], [-1, c_in]), dy_rows, transpose_a=True)
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    if stride == 1:
+        if padding == "SAME":
+            top, left = (kh - 1) // 2, (kw - 1) // 2
+            x = tf.pad(x, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]])
+        out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+        blocks = [x[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)]
+    else:
+        height, width = x.shape[1], x.shape[2]
+        out_h, out_w = (_output_size(n, k, stride, padding.lower()) for n, k in ((height, kh), (width, kw)))
+        # Padded sizes that are multiples of the stride and cover every tap: stride * ((k - 1) // stride + out).
+        size_h, size_w = stride * ((kh - 1) // stride + out_h), stride * ((kw - 1) // stride + out_w)
+        top = left = 0
+        if padding == "SAME":
+            top = max((out_h - 1) * stride + kh - height, 0) // 2
+            left = max((out_w - 1) * stride + kw - width, 0) // 2
+        x = tf.pad(x, [[0, 0], [top, max(size_h - height - top, 0)], [left, max(size_w - width - left, 0)], [0, 0]])
+        x = x[:, :size_h, :size_w, :]
+        phases = tf.reshape(x, [-1, size_h // stride, stride, size_w // stride, stride, c_in])
+        phases = tf.transpose(phases, [2, 4, 0, 1, 3, 5])  # [stride, stride, n, size_h / stride, size_w / stride, C_in]
+        blocks = [
+            phases[i % stride, j % stride][:, i // stride : i // stride + out_h, j // stride : j // stride + out_w, :]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    taps = [tf.matmul(tf.reshape(block, [-1, c_in]), dy_rows, transpose_a=True) for block in blocks]
     return tf.reshape(tf.stack(taps), [kh, kw, c_in, c_out])
 
 

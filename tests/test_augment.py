@@ -221,10 +221,19 @@ def test_color_jitter_applies_each_images_own_order(rng):
         np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=f"image {i}, order {orders[i]}")
 
 
-def test_blur_matches_scipy_style_reference(rng):
+@pytest.mark.parametrize("mode", ["eager", "graph", "jit"])
+def test_blur_matches_scipy_style_reference(rng, mode):
+    # Outside XLA the blur runs as depthwise convolutions, under XLA as sums of shifted copies: both must be the
+    # same per-image separable Gaussian with zero padding.
     x = rng.random((3, 12, 10, 2)).astype("float32")
     sigma = np.array([0.3, 1.0, 2.0], "float32")
-    got = augment.gaussian_blur(tf.constant(x), tf.constant(sigma), kernel_size=5).numpy()
+    blur = lambda images, s: augment.gaussian_blur(images, s, kernel_size=5)  # noqa: E731
+    if mode != "eager":
+        blur = tf.function(blur, jit_compile=mode == "jit")
+    got = blur(tf.constant(x), tf.constant(sigma)).numpy()
+    if mode != "eager":
+        graph = blur.get_concrete_function(tf.constant(x), tf.constant(sigma)).graph
+        assert any(op.type == "DepthwiseConv2dNative" for op in graph.get_operations()) == (mode == "graph")
     for b in range(3):
         k = np.exp(-(np.arange(-2, 3) ** 2) / (2 * sigma[b] ** 2))
         k /= k.sum()

@@ -487,37 +487,43 @@ def conv_gradients(layer, x, upstream, jit=False):
     return [tf.cast(g, "float64").numpy() for g in grads], op_types(fn, tf.constant(x, layer.compute_dtype))
 
 
-def numpy_kernel_gradient(x, upstream, kernel_shape, padding):
-    """dL/dkernel of a stride-1 convolution by its definition, in float64: sum over images and output positions
-    of the input patch times the upstream gradient (TensorFlow's SAME puts the extra padding at the end)."""
+def numpy_kernel_gradient(x, upstream, kernel_shape, padding, stride=1):
+    """dL/dkernel of a convolution by its definition, in float64: sum over images and output positions of the
+    input patch times the upstream gradient (TensorFlow's SAME pads (out - 1) * stride + k - size in all, the
+    extra one at the end)."""
     kh, kw = kernel_shape[:2]
-    if padding == "same":
-        x = np.pad(x, [(0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)])
     out_h, out_w = upstream.shape[1:3]
+    if padding == "same":
+        pads = [max((o - 1) * stride + k - n, 0) for o, k, n in ((out_h, kh, x.shape[1]), (out_w, kw, x.shape[2]))]
+        x = np.pad(x, [(0, 0), (pads[0] // 2, pads[0] - pads[0] // 2), (pads[1] // 2, pads[1] - pads[1] // 2), (0, 0)])
     grad = np.zeros(kernel_shape)
     for i in range(kh):
         for j in range(kw):
-            grad[i, j] = np.einsum("nhwc,nhwd->cd", x[:, i : i + out_h, j : j + out_w], upstream)
+            patch = x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
+            grad[i, j] = np.einsum("nhwc,nhwd->cd", patch, upstream)
     return grad
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel_size", [(3, 3), (2, 4)])
 @pytest.mark.parametrize("padding", ["same", "valid"])
-def test_conv2d_matmul_kernel_gradient_is_the_convolutions_gradient(float64, kernel_size, padding):
+@pytest.mark.parametrize("size", [(7, 6), (8, 5)], ids=["odd_even", "even_odd"])
+def test_conv2d_matmul_kernel_gradient_is_the_convolutions_gradient(float64, stride, kernel_size, padding, size):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 7, 6, 5))
-    ref = keras.layers.Conv2D(4, kernel_size, padding=padding)
+    x = rng.normal(size=(3, *size, 5))
+    ref = keras.layers.Conv2D(4, kernel_size, strides=stride, padding=padding)
     ref.build(x.shape)
     ref.set_weights([rng.normal(size=w.shape) for w in ref.weights])
     upstream = rng.normal(size=ref.compute_output_shape(x.shape))
-    matmul = layers.Conv2D(4, kernel_size, padding=padding, kernel_gradient="matmul")
+    matmul = layers.Conv2D(4, kernel_size, strides=stride, padding=padding, kernel_gradient="matmul")
     matmul.build(x.shape)
     matmul.set_weights(ref.get_weights())
 
     want, _ = conv_gradients(ref, x, upstream)
     got, ops_seen = conv_gradients(matmul, x, upstream)
     assert "Conv2DBackpropFilter" not in ops_seen and "MatMul" in ops_seen
-    np.testing.assert_allclose(got[1], numpy_kernel_gradient(x, upstream, ref.kernel.shape, padding), rtol=1e-10)
+    want_kernel = numpy_kernel_gradient(x, upstream, ref.kernel.shape, padding, stride)
+    np.testing.assert_allclose(got[1], want_kernel, rtol=1e-10)
     for g, w in zip(got, want):  # input, kernel and bias gradients
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(matmul(x).numpy(), ref(x).numpy(), rtol=1e-12)
@@ -526,19 +532,24 @@ def test_conv2d_matmul_kernel_gradient_is_the_convolutions_gradient(float64, ker
 @pytest.mark.parametrize(
     "policy, shape, channels, want_matmul",
     [
-        ("mixed_bfloat16", (2, 4, 4, 64), 16, True),  # C_in >= 4*H*W
-        ("mixed_bfloat16", (2, 8, 8, 64), 16, False),
+        ("mixed_bfloat16", (2, 4, 4, 128), 16, True),  # C_in >= 128 and C_in >= 4*H*W
+        ("mixed_bfloat16", (2, 8, 8, 128), 16, False),
+        ("mixed_bfloat16", (2, 2, 2, 64), 16, False),
         ("float32", (2, 4, 4, 512), 8, True),  # C_in >= 512, H*W <= 49
         ("float32", (2, 4, 4, 256), 8, False),
+        ("mixed_bfloat16", (2, 8, 8, 128), (16, 2), True),  # stride 2: C_in >= OH*OW/2
+        ("mixed_bfloat16", (2, 48, 48, 128), (16, 2), False),
+        ("float32", (2, 8, 8, 512), (8, 2), False),
     ],
 )
 def test_conv2d_auto_kernel_gradient_where_measured_faster_and_never_under_xla(policy, shape, channels, want_matmul):
+    channels, stride = channels if isinstance(channels, tuple) else (channels, 1)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=shape).astype("float32")
-    layer = layers.Conv2D(channels, 3, padding="same", dtype=policy)
+    layer = layers.Conv2D(channels, 3, strides=stride, padding="same", dtype=policy)
     layer.build(shape)
-    upstream = rng.normal(size=shape[:3] + (channels,))
-    plain = layers.Conv2D(channels, 3, padding="same", dtype=policy, kernel_gradient="native")
+    upstream = rng.normal(size=(shape[0], shape[1] // stride, shape[2] // stride, channels))
+    plain = layers.Conv2D(channels, 3, strides=stride, padding="same", dtype=policy, kernel_gradient="native")
     plain.build(shape)
     plain.set_weights(layer.get_weights())
     got, ops_seen = conv_gradients(layer, x, upstream)
@@ -559,8 +570,8 @@ def test_conv2d_config_round_trip_and_bad_kernel_gradient():
     assert clone.kernel_gradient == "native" and clone.strides == (2, 2)
     with pytest.raises(ValueError, match="kernel_gradient"):
         layers.Conv2D(8, 3, kernel_gradient="fast")
-    # A strided convolution takes the native path even when asked for the matmuls.
-    strided = layers.Conv2D(4, 3, strides=2, padding="same", kernel_gradient="matmul")
+    # Stride 3 (or dilation) takes the native path even when asked for the matmuls.
+    strided = layers.Conv2D(4, 3, strides=3, padding="same", kernel_gradient="matmul")
     strided.build((1, 6, 6, 2))
-    _, ops_seen = conv_gradients(strided, np.ones((1, 6, 6, 2)), np.ones((1, 3, 3, 4)))
+    _, ops_seen = conv_gradients(strided, np.ones((1, 6, 6, 2)), np.ones((1, 2, 2, 4)))
     assert "Conv2DBackpropFilter" in ops_seen
