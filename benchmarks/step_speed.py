@@ -7,7 +7,9 @@ One process per framework and configuration (so that no run inherits another's t
 after the other, on the same network (ResNet-18, CIFAR stem, 32x32x3, batch 256, two views, SGD momentum):
 
 * `kc_simclr`, `kc_supcon`, `kc_mocov3`: our trainers through `model.fit` on pre-made views
-  (benchmarks/throughput.py's `bench_kc`); `kc_mocov3_vit_tiny`: MoCo v3 on ViT-Tiny, patch 4 (width-free);
+  (benchmarks/throughput.py's `bench_kc`); `kc_simclr_per_view`: SimCLR with `concatenate_views=False` (one
+  encoder call per view, BatchNorm statistics per view: the main job's form, and `torch_per_view`'s);
+  `kc_mocov3_vit_tiny`: MoCo v3 on ViT-Tiny, patch 4 (width-free);
 * `keras_io`: the same ResNet-18 with Keras' own BatchNormalization, trained the keras-io way (GradientTape,
   a hand-written NT-Xent, `tf.function`; `bench_reference`);
 * `torch`: the same network and step in PyTorch with lightly's NTXentLoss (benchmarks/torch_step.py, channels
@@ -36,7 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_PYTHON = "/tmp/lightly_venv/bin/python"
 BATCH, SIZE = 256, 32
-KC_RUNS = ("kc_simclr", "kc_supcon", "kc_mocov3", "kc_mocov3_vit_tiny")
+KC_RUNS = ("kc_simclr", "kc_simclr_per_view", "kc_supcon", "kc_mocov3", "kc_mocov3_vit_tiny")
 RUNS = KC_RUNS + ("keras_io", "torch", "torch_per_view")
 
 
@@ -239,7 +241,7 @@ def main():
                     ratios = "  ".join(
                         f"{run} {rows[run]['rates'][0] / rows[base]['rates'][0]:.2f}x"
                         for run in rows
-                        if run in ("kc_simclr", "kc_supcon", "kc_mocov3")  # ViT-Tiny: another network
+                        if run in ("kc_simclr", "kc_simclr_per_view", "kc_supcon", "kc_mocov3")  # ViT: another network
                     )
                     print(f"  width {width:<4} ratio to {base:<14} {ratios}", flush=True)
     if args.json_out:

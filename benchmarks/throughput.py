@@ -72,6 +72,8 @@ def build_trainer(method, width, batch_norm="kc"):
         encoder = resnet18(width, batch_norm)
     if method == "simclr":
         return kc.SimCLR(encoder, temperature=0.5, head_version=1)
+    if method == "simclr_per_view":  # one encoder call per view (the main job's form; lightly's examples')
+        return kc.SimCLR(encoder, temperature=0.5, head_version=1, concatenate_views=False)
     if method == "supcon":
         return kc.SupCon(encoder, temperature=0.1)
     # MoCo v3 with the paper's MLP widths scaled down 4x (1024 hidden, 256 out)
