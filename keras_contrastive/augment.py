@@ -275,9 +275,13 @@ def gaussian_blur(images, sigma, kernel_size):
       weights: element-wise work that XLA fuses. A depthwise convolution
       measured 19x slower there on the CPU (467 against 8,700 views/s at
       96x96);
-    * elsewhere (the tf.data pipeline, a step without XLA), one depthwise
-      convolution per pass with the batch folded into the channels, which
-      oneDNN runs in one kernel (benchmarks/augment_throughput.py).
+    * elsewhere (called directly, or by an augmenter with
+      `jit_compile=False`), one depthwise convolution per pass with the
+      batch folded into the channels, which oneDNN runs in one kernel: 2.3x
+      (96x96) and 8x (224x224) the shifted sums outside XLA, 1.2x and 1.9x
+      XLA's. `SimCLRAugmenter` compiles its whole transform, blur included:
+      taking the blur out between two XLA parts made the pipeline slower
+      (benchmarks/RESULTS.md).
 
     Args:
         images: float32 `[batch, H, W, C]` with static H and W.

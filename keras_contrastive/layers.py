@@ -194,16 +194,16 @@ class Conv2D(keras.layers.Conv2D):
       native path.
     * `"auto"` (default): `"matmul"` only where it was measured faster, on
       the CPU outside XLA: bfloat16 with C_in >= 128 and C_in >= 4*H*W at
-      stride 1 or C_in >= H*W/2 at stride 2, float32 at stride 1 with C_in >= 512 and
-      H*W <= 49 (H, W: the output's). Why: oneDNN's backward-weights
-      kernel, as TensorFlow 2.21 ships it, is slow on small maps with many
-      channels; in a ResNet-18 step on 32x32 images (bfloat16, batch 512,
-      AVX-512 BF16 CPU) the 4x4x512 layers' kernel gradients ran at 87 GFLOP/s
-      against 420-470 for their forward pass, a quarter of the whole step.
-      The matmuls run them at about 300, and the stride-2 8x8 -> 4x4 layer
-      at 243 against 87 (benchmarks/conv_kernel_grad.py measures both on
-      any machine). On accelerators and under XLA the
-      native op is kept.
+      stride 1 or C_in >= H*W/2 at stride 2; float32 at stride 1 with
+      C_in >= 512 and H*W <= 49 (H, W: the output's). Why: oneDNN's
+      backward-weights kernel, as TensorFlow 2.21 ships it, is slow on
+      small maps with many channels. In a ResNet-18 step on 32x32 images
+      (bfloat16, batch 512, AVX-512 BF16 CPU) the 4x4x512 layers' kernel
+      gradients ran at 87 GFLOP/s against 420-560 for their forward pass,
+      a fifth of the whole step; the matmuls run them at about 300, and
+      the stride-2 8x8 -> 4x4 layer at 243 against 87
+      (benchmarks/conv_kernel_grad.py measures both on any machine). On
+      accelerators and under XLA the native op is kept.
     """
 
     def __init__(self, *args, kernel_gradient="auto", **kwargs):
