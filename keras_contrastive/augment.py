@@ -34,7 +34,8 @@ import math
 
 import keras
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # XLA context: no public name
+
+from keras_contrastive import distribute
 
 # The SimCLR colour jitter with strength s: brightness, contrast and saturation
 # 0.8 s, hue 0.2 s (paper appendix A, `color_jitter` in the reference code).
@@ -292,7 +293,7 @@ def gaussian_blur(images, sigma, kernel_size):
     offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)  # [k]
     kernel = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)[:, None]))
     kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [batch, k]
-    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    if not distribute.in_xla_context():
         return _depthwise_blur(images, kernel)
     height, width = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [radius, radius], [0, 0], [0, 0]])

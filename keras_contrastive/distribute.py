@@ -9,6 +9,7 @@ import json
 import os
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # XLA context: no public name
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
@@ -97,6 +98,15 @@ def sync_batch_norm_default(synchronized_bn=None):
     if synchronized_bn is None:
         return tf.distribute.get_strategy().num_replicas_in_sync > 1
     return bool(synchronized_bn)
+
+
+def in_xla_context():
+    """True while tracing code that XLA compiles (`jit_compile=True`, or a TPU step).
+
+    Ops that pick a kernel at trace time (kc.layers.Conv2D's kernel gradient, the Gaussian blur) ask this:
+    what is fastest outside XLA is not what XLA compiles best. TensorFlow has no public name for it.
+    """
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _replica_context():

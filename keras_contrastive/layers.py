@@ -7,7 +7,6 @@ from keras import ops
 # Keras exports no name for the class of Functional models; clone_model
 # dispatches on this same class.
 from keras.src.models.functional import Functional as _Functional
-from tensorflow.python.ops import control_flow_util  # XLA context: no public name
 
 from keras_contrastive import distribute
 
@@ -227,7 +226,7 @@ class Conv2D(keras.layers.Conv2D):
             return False  # the strided form splits the input into phases of static size
         if self.kernel_gradient == "matmul":
             return True
-        if _on_accelerator() or control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        if _on_accelerator() or distribute.in_xla_context():
             return False
         if None in (height, width, channels):
             return False
