@@ -161,8 +161,8 @@ def test_short_run_on_real_fashion_mnist_lowers_the_loss(arch):
     if arch == "resnet":
         encoder = kc.encoders.ResNet18((32, 32, 1), width_multiplier=0.125)
         optimizer = kc.optimizers.LARS(kc.optimizers.warmup_cosine(1.0, 40, 4), weight_decay=1e-6)
-    else:  # ViT-Tiny's width and heads, 4 blocks to keep the test short
-        encoder = kc.encoders.ViTTiny((32, 32, 1), patch_size=8, depth=4)
+    else:  # ViT-Tiny's width and heads, 2 blocks to keep the test short (the loss fell 0.19 in 40 steps, as at 4)
+        encoder = kc.encoders.ViTTiny((32, 32, 1), patch_size=8, depth=2)
         optimizer = keras.optimizers.AdamW(kc.optimizers.warmup_cosine(1e-3, 40, 4), weight_decay=0.1)
     # t = 0.2 for both: at the paper's t = 1.0 for ResNets the loss moves too
     # slowly for a 40-step test (it starts at 4 t log(256) and fell by 3%).

@@ -115,10 +115,10 @@ def test_two_workers_train_like_two_local_replicas_and_only_the_chief_writes(tmp
             "--strategy",
             "mirrored",
             *TINY,
+            "--no_eval",  # the weights are compared; the workers evaluate and export
+            "--no_export",
             "--model_dir",
             str(tmp_path / "ref"),
-            "--export_dir",
-            str(tmp_path / "ref_export"),
         ],
         capture_output=True,
         text=True,
@@ -202,6 +202,7 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         "0.125",
         "--verbose",
         "0",
+        "--no-scratch",  # the fine-tuned row is Keras' train_step on two workers; the scratch row adds nothing
     ]
     supervised = json.loads((tmp_path / "run0" / "results.json").read_text())
     (tmp_path / "run0").rename(tmp_path / "supervised_run0")
@@ -211,7 +212,7 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
     results = json.loads((tmp_path / "run0" / "results.json").read_text())
     # Bounds measured on one process (tests/test_recipes.py): untrained <= 0.46 (kNN, probe) and <= 0.15
     # (fine-tuned rows at learning rate 0); two workers compute what one does, so the same bounds hold. 60 steps,
-    # not 100 (time): one process measured 0.44 fine-tuned and 0.42 from scratch there (0.33 / 0.28 at 40 steps).
+    # not 100 (time): one process measured 0.44 fine-tuned there (0.33 at 40 steps).
     assert LEARNED < supervised["knn_accuracy"] <= 1.0 and LEARNED < supervised["linear_probe_accuracy"] <= 1.0
-    assert FINETUNED < results["1"]["pretrained"] <= 1.0 and FINETUNED < results["1"]["scratch"] <= 1.0, results
+    assert FINETUNED < results["1"]["pretrained"] <= 1.0 and "scratch" not in results["1"], results
     assert not (tmp_path / "run1").exists()

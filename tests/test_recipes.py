@@ -110,7 +110,7 @@ def test_mocov3_recipe_end_to_end(tmp_path, encoder):
     extra = ["--encoder", encoder, "--hidden_dim", "64"]
     if encoder == "vit_tiny":
         extra += ["--patch_size", "8", "--optimizer", "adamw", "--learning_rate", "1.5e-4", "--weight_decay", "0.1"]
-        # ViT-Tiny's width with 2 of its 12 blocks (time: the full depth trains in test_moco_v3.py's short run).
+        # ViT-Tiny's width with 2 of its 12 blocks (time; test_encoders.py builds full-depth ViTs).
         extra += ["--vit_depth", "2"]
     else:
         # SimCLR's Fashion-MNIST optimizer: six steps of it learn (kNN 0.59, probe 0.61 against 0.44 / 0.44 at
@@ -256,10 +256,13 @@ def test_simclr_recipe_end_to_end(tmp_path):
         served["embeddings"].numpy(), model.encoder(x / 255.0, training=False).numpy(), atol=1e-5
     )
 
+    # The downstream recipes from this run's export and checkpoint (one pretraining for both tests' time).
+    check_linear_eval_and_finetune(tmp_path, results, model_dir, export_dir)
 
-@pytest.mark.slow
-def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_path):
-    _, pretrain_results, model_dir, export_dir = run_recipe("simclr", tmp_path / "pretrain")
+
+def check_linear_eval_and_finetune(tmp_path, pretrain_results, model_dir, export_dir):
+    """recipes/linear_eval.py and recipes/finetune.py from a SimCLR run's export and its .keras checkpoint
+    (called by test_simclr_recipe_end_to_end, which shares its pretraining with them)."""
     for source in (str(export_dir), str(model_dir / "checkpoints" / "epoch_002.keras")):
         out = tmp_path / ("eval_" + os.path.basename(source))
         cmd = [
@@ -298,9 +301,10 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
     # The .keras run takes a published-style label list instead (example indices for Fashion-MNIST).
     subset_file = tmp_path / "labels_10percent.txt"
     subset_file.write_text("# every 10th training example\n" + "\n".join(str(i) for i in range(0, 512, 10)) + "\n")
+    # The .keras run also skips the from-scratch baseline (--no-scratch): one row, fine-tuned only.
     for source, choice in (
         (str(export_dir), ["--label_fractions", "0.1"]),
-        (str(model_dir / "checkpoints" / "epoch_002.keras"), ["--label_subset", str(subset_file)]),
+        (str(model_dir / "checkpoints" / "epoch_002.keras"), ["--label_subset", str(subset_file), "--no-scratch"]),
     ):
         out = tmp_path / ("ft_" + os.path.basename(source))
         cmd = [
@@ -329,10 +333,14 @@ def test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file(tmp_pa
         results = json.loads((out / "results.json").read_text())
         if choice[0] == "--label_fractions":
             assert list(results) == ["0.1"] and 48 <= results["0.1"]["labels"] <= 56  # ~10% of each class
+            ((_, row),) = results.items()
+            assert FINETUNED < row["pretrained"] <= 1.0 and FINETUNED < row["scratch"] <= 1.0, results
+            assert "from scratch" in proc.stdout
         else:
             assert list(results) == ["labels_10percent.txt"] and results["labels_10percent.txt"]["labels"] == 52
-        for row in results.values():
-            assert FINETUNED < row["pretrained"] <= 1.0 and FINETUNED < row["scratch"] <= 1.0, results
+            ((_, row),) = results.items()
+            assert FINETUNED < row["pretrained"] <= 1.0 and "scratch" not in row, results
+            assert "fine-tuned" in proc.stdout and "from scratch" not in proc.stdout
 
 
 # Each recipe's own crop and jitter defaults (benchmarks/RESULTS.md): (smallest crop area, jitter strength).
