@@ -47,6 +47,32 @@ def cpu_strategy(num_replicas):
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected
+def pytest_collection_modifyitems(config, items):
+    """Deal the slow tests out evenly to the xdist workers, each share starting with them.
+
+    `--dist worksteal` gives each worker one contiguous share of the collection, then moves tests from the end of
+    the longest queue to a worker that runs out. In collection order the slow end-to-end tests sit together
+    (test_multi_worker.py, test_recipes.py), so one worker got most of them and ran the last alone for minutes
+    (a 104 s tail, timed 2026-12-03). Here share w holds every k-th slow test first, then quick tests up to
+    worksteal's share size: slow tests start early and what is left to steal at the end is quick.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    quick = [item for item in items if not item.get_closest_marker("slow")]
+    ordered, left = [], len(items)
+    for w in range(workers):
+        size = left // (workers - w)  # worksteal's share for worker w
+        share = slow[w::workers]
+        take = max(0, size - len(share)) if w < workers - 1 else len(quick)
+        ordered += share + quick[:take]
+        quick = quick[take:]
+        left -= size
+    items[:] = ordered
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
