@@ -44,7 +44,7 @@ UNTRAINED_ACCURACY = 0.46
 LEARNED = UNTRAINED_ACCURACY + 0.05
 # recipes/supervised.py's classifier at 60 steps: see test_supervised_baseline_recipe_end_to_end.
 CLASSIFIED = 0.3
-# recipes/finetune.py at 100 steps: see test_finetune_and_linear_eval_recipes_from_an_export_and_a_keras_file.
+# recipes/finetune.py at 100 steps: see check_linear_eval_and_finetune.
 FINETUNED = 0.3
 
 
