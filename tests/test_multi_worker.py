@@ -202,7 +202,7 @@ def test_the_keras_fit_baselines_run_on_two_workers(tmp_path):
         "0.125",
         "--verbose",
         "0",
-        "--no-scratch",  # the fine-tuned row is Keras' train_step on two workers; the scratch row adds nothing
+        "--no-scratch",  # the fine-tuned row runs Keras' train_step on two workers; a scratch row would run it again
     ]
     supervised = json.loads((tmp_path / "run0" / "results.json").read_text())
     (tmp_path / "run0").rename(tmp_path / "supervised_run0")
