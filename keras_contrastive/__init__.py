@@ -19,6 +19,7 @@ from keras_contrastive import heads
 from keras_contrastive import layers
 from keras_contrastive import losses
 from keras_contrastive import monitor
+from keras_contrastive import negatives
 from keras_contrastive import optimizers
 from keras_contrastive import pictures
 from keras_contrastive import savedmodel

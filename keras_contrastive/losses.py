@@ -41,7 +41,7 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x * ops.rsqrt(ops.maximum(norm_sq, epsilon))
 
 
-def nt_xent_logits(z1, z2, temperature):
+def nt_xent_logits(z1, z2, temperature, negatives=None, negatives_valid=None):
     """Logits and positive indices of NT-Xent for this replica's 2n anchors.
 
     Candidates are the 2N views of the global batch (N = n x replicas), laid out
@@ -52,9 +52,14 @@ def nt_xent_logits(z1, z2, temperature):
         z1: Tensor `[n, dim]`, embeddings of the first view of each image.
         z2: Tensor `[n, dim]`, embeddings of the second view.
         temperature: float > 0.
+        negatives: Tensor `[Q, dim]` or None. Extra negatives of every anchor
+            (e.g. `kc.negatives.Queue` keys), appended as Q more columns; the
+            same on every replica. Defaults to None.
+        negatives_valid: bool Tensor `[Q]` or None. False columns (queue slots
+            never written) are masked with -inf. Defaults to all valid.
 
     Returns:
-        `(logits, labels)`: float32 (float64 for float64 inputs) `[2n, 2N]`
+        `(logits, labels)`: float32 (float64 for float64 inputs) `[2n, 2N + Q]`
         and int32 `[2n]`. Rows
         `[0, n)` are the first views as anchors, rows `[n, 2n)` the second views.
     """
@@ -80,6 +85,11 @@ def nt_xent_logits(z1, z2, temperature):
     labels = ops.concatenate([local + big_n, local], axis=0)
     self_mask = ops.one_hot(self_index, 2 * big_n, dtype="bool")
     logits = ops.where(self_mask, float("-inf"), logits)
+    if negatives is not None:
+        extra = ops.matmul(anchors, ops.transpose(ops.cast(l2_normalize(negatives), anchors.dtype))) / temperature
+        if negatives_valid is not None:
+            extra = ops.where(ops.expand_dims(negatives_valid, 0), extra, float("-inf"))
+        logits = ops.concatenate([logits, extra], axis=1)
     return logits, labels
 
 
@@ -93,7 +103,7 @@ def cross_entropy_from_logits(logits, labels):
     return ops.logsumexp(logits, axis=1) - picked
 
 
-def nt_xent(z1, z2, temperature=0.5):
+def nt_xent(z1, z2, temperature=0.5, negatives=None, negatives_valid=None):
     """NT-Xent, the SimCLR loss (Chen et al. 2020, eq. 1), mean over all 2N anchors.
 
     l(i, j) = -log( exp(sim(z_i, z_j)/t) / sum_{k != i} exp(sim(z_i, z_k)/t) )
@@ -105,6 +115,10 @@ def nt_xent(z1, z2, temperature=0.5):
         z2: Tensor `[batch, dim]`, projections of the second views (row i is
             the positive of row i of `z1`).
         temperature: float > 0. Defaults to 0.5.
+        negatives: Tensor `[Q, dim]` or None. More negatives for every anchor
+            (a queue's keys, see `nt_xent_logits`). Defaults to None.
+        negatives_valid: bool Tensor `[Q]` or None. Which of them count.
+            Defaults to all.
 
     Returns:
         float32 scalar. Under a strategy: the mean over this replica's anchors,
@@ -120,7 +134,7 @@ def nt_xent(z1, z2, temperature=0.5):
         Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive
         Learning of Visual Representations. ICML 2020.
     """
-    logits, labels = nt_xent_logits(z1, z2, temperature)
+    logits, labels = nt_xent_logits(z1, z2, temperature, negatives, negatives_valid)
     return ops.mean(cross_entropy_from_logits(logits, labels))
 
 
@@ -166,7 +180,16 @@ def _check_labels(labels, batch):
     return ops.cast(labels, "int32")
 
 
-def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contrast_mode="all"):
+def supcon(
+    features,
+    labels=None,
+    temperature=0.07,
+    base_temperature=0.07,
+    contrast_mode="all",
+    negatives=None,
+    negatives_labels=None,
+    negatives_valid=None,
+):
     """Supervised contrastive loss, SupCon L_out (Khosla et al. 2020, eq. 2).
 
     For every anchor i (all views, or the first view only), with P(i) the
@@ -194,6 +217,15 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
         base_temperature: float > 0. Defaults to 0.07.
         contrast_mode: str. "all" (every view is an anchor) or "one" (the
             first view only). Defaults to "all".
+        negatives: Tensor `[Q, dim]` or None. Queued keys of earlier steps
+            (`kc.negatives.Queue(keep_labels=True)`), the same on every
+            replica: more candidates in A(i), and in P(i) where their label is
+            the anchor's. Defaults to None.
+        negatives_labels: int Tensor `[Q]` or None. Their labels; required
+            with `negatives` when `labels` is given (without labels every
+            queued key is a negative). Defaults to None.
+        negatives_valid: bool Tensor `[Q]` or None. False slots are left out
+            of A(i) and P(i). Defaults to all valid.
 
     Returns:
         float32 scalar (float64 for float64 features).
@@ -249,6 +281,19 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     self_mask = ops.one_hot(self_index, num_views * big_n, dtype="bool")
     positive = ops.logical_and(ops.equal(anchor_ids[:, None], candidate_ids[None, :]), ops.logical_not(self_mask))
     logits = ops.where(self_mask, float("-inf"), logits)
+    if negatives is not None:
+        extra = ops.matmul(anchors, ops.transpose(ops.cast(l2_normalize(negatives), anchors.dtype))) / temperature
+        queued = ops.ones((ops.shape(extra)[1],), "bool") if negatives_valid is None else negatives_valid
+        extra = ops.where(ops.expand_dims(queued, 0), extra, float("-inf"))
+        if labels is None:
+            extra_positive = ops.zeros(ops.shape(extra), "bool")
+        else:
+            if negatives_labels is None:
+                raise ValueError("`negatives_labels` is required with `negatives` and `labels` (a queue of labels).")
+            same = ops.equal(anchor_ids[:, None], ops.cast(negatives_labels, "int32")[None, :])
+            extra_positive = ops.logical_and(same, ops.expand_dims(queued, 0))
+        logits = ops.concatenate([logits, extra], axis=1)
+        positive = ops.concatenate([positive, extra_positive], axis=1)
     log_prob = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     num_positive = ops.sum(ops.cast(positive, log_prob.dtype), axis=1)
     summed = ops.sum(ops.where(positive, log_prob, 0.0), axis=1)
@@ -284,7 +329,7 @@ def multiview_nt_xent(features, temperature=0.5):
     return supcon(features, None, temperature=temperature, base_temperature=temperature)
 
 
-def info_nce(query, key, temperature=0.2):
+def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None):
     """MoCo v3's InfoNCE: cross-entropy of `q k^T / t` against the matching key, times 2t.
 
     Query i's positive is key i (the same image's other view); the negatives
@@ -299,6 +344,11 @@ def info_nce(query, key, temperature=0.2):
         query: Tensor `[batch, dim]`, the query branch's predictions.
         key: Tensor `[batch, dim]`, the momentum branch's projections.
         temperature: float > 0. Defaults to 0.2 (MoCo v3, ViT).
+        negatives: Tensor `[Q, dim]` or None. More keys that are negatives of
+            every query (a `kc.negatives.Queue`, MoCo v1/v2's queue), appended
+            as Q columns. Defaults to None.
+        negatives_valid: bool Tensor `[Q]` or None. False columns are masked
+            with -inf. Defaults to all valid.
 
     Returns:
         float32 scalar: mean over this replica's queries.
@@ -314,5 +364,11 @@ def info_nce(query, key, temperature=0.2):
     distribute.check_even_split(n)
     k_all = distribute.all_gather(k)
     logits = ops.matmul(q, ops.transpose(k_all)) / temperature
+    if negatives is not None:
+        extra = ops.matmul(q, ops.transpose(ops.cast(ops.stop_gradient(l2_normalize(negatives)), q.dtype)))
+        extra = extra / temperature
+        if negatives_valid is not None:
+            extra = ops.where(ops.expand_dims(negatives_valid, 0), extra, float("-inf"))
+        logits = ops.concatenate([logits, extra], axis=1)
     labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
     return ops.mean(cross_entropy_from_logits(logits, labels)) * (2.0 * temperature)

@@ -242,6 +242,24 @@ def bn_projection_head(args, encoder):
     return kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(encoder), args.projection_dim)
 
 
+def add_queue_flag(parser):
+    """`--queue_size`, for the contrastive recipes."""
+    parser.add_argument(
+        "--queue_size",
+        type=at_least(0),
+        default=0,
+        help="keys of earlier steps kept as more negatives (kc.negatives.Queue, MoCo v2 style); 0: the batch only",
+    )
+    return parser
+
+
+def negatives(args, keep_labels=False):
+    """The --queue_size queue (a `kc.negatives.Queue`), or None for in-batch negatives only."""
+    if not args.queue_size:
+        return None
+    return kc.negatives.Queue(args.queue_size, keep_labels=keep_labels)
+
+
 def parse_args(parser, argv=None):
     """Parses the flags; `args.flags` keeps them as given (the export's metadata records them for model cards)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]

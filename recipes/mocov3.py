@@ -66,6 +66,7 @@ def build_parser():
     # the linear probe above raw pixels (79.48% / 84.21%); the paper's ResNet values gave 76.67% / 81.61%.
     # --crop_min: the paper's 0.08 on ImageNet.
     parser.set_defaults(projection_dim=256, epochs=4, temperature=0.2, crop_min=0.2)
+    common.add_queue_flag(parser)
     return parser
 
 
@@ -93,6 +94,7 @@ def main(argv=None):
             hidden_dim=args.hidden_dim,
             num_classes=data.num_classes,
             seed=args.seed,
+            negatives=common.negatives(args),
         )
 
         # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.

@@ -62,6 +62,7 @@ def build_parser():
         jitter_strength=1.5,
         precision="auto",
     )
+    common.add_queue_flag(parser)
     return parser
 
 
@@ -89,6 +90,7 @@ def main(argv=None):
             concatenate_views=not args.per_view_bn,
             num_classes=data.num_classes,
             seed=args.seed,
+            negatives=common.negatives(args),
         )
 
         # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.

@@ -41,6 +41,7 @@ def build_parser():
     # 2 epochs) had 85.7% under the then AdamW probe. recipes/supervised.py has the same budget, optimizer and views.
     # The preset's colour jitter s=0.5 stays: SimCLR's s=1.5 cost SupCon 1.1 points of kNN and of probe (89.62 / 90.20%).
     parser.set_defaults(optimizer="sgd", learning_rate=0.3, weight_decay=5e-4, epochs=3, crop_min=0.4)
+    common.add_queue_flag(parser)
     return parser
 
 
@@ -79,6 +80,7 @@ def main(argv=None):
             seed=args.seed,
             projection_head=common.bn_projection_head(args, encoder),
             concatenate_views=not args.per_view_bn,
+            negatives=common.negatives(args, keep_labels=True),
         )
         steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
         model.compile(

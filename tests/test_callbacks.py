@@ -18,10 +18,15 @@ STEPS_PER_EPOCH, EPOCHS, BATCH = 4, 3, 8
 def build(method, seed=0):
     keras.utils.set_random_seed(seed)
     encoder = tiny_encoder(seed=seed)
+    # A queue of more keys than the run makes (12 steps x 16): a resumed run that lost it would hold fewer.
     if method == "simclr":
         model = kc.SimCLR(encoder, projection_dim=4, temperature=0.5)
+    elif method == "simclr_queue":
+        model = kc.SimCLR(encoder, projection_dim=4, temperature=0.5, negatives=kc.negatives.Queue(200))
     elif method == "supcon":
         model = kc.SupCon(encoder, projection_dim=4, temperature=0.5)
+    elif method == "supcon_queue":
+        model = kc.SupCon(encoder, projection_dim=4, temperature=0.5, negatives=kc.negatives.Queue(200, True))
     else:
         model = kc.MoCoV3(encoder, hidden_dim=8, projection_dim=4, total_steps=STEPS_PER_EPOCH * EPOCHS)
     # Momentum and a schedule: both must come back from a backup.
@@ -71,7 +76,7 @@ def backups(directory):
     return sorted(n for n in os.listdir(directory) if n.endswith(".weights.h5"))
 
 
-@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3"])
+@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3", "simclr_queue", "supcon_queue"])
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, method):
     reference = build(method)
     fit(reference, [])
@@ -95,6 +100,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, m
     fit(resumed, [backup, count], start_batch=backup.resume_step)
     assert count.batches == STEPS_PER_EPOCH * EPOCHS - 6
     assert int(resumed.optimizer.iterations.numpy()) == STEPS_PER_EPOCH * EPOCHS
+    if method.endswith("_queue"):  # the queue's keys, labels and slots are among the weights compared below
+        assert int(resumed.negatives.filled.numpy()) == STEPS_PER_EPOCH * EPOCHS * 2 * BATCH
     for (path, want), (_, got) in zip(weights_of(reference), weights_of(resumed)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=path)
     for want, got in zip(reference.optimizer.variables, resumed.optimizer.variables):

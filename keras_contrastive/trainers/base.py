@@ -17,6 +17,7 @@ from keras import ops
 from keras_contrastive import distribute
 from keras_contrastive import layer_augmenter
 from keras_contrastive import monitor
+from keras_contrastive import negatives as queues
 from keras_contrastive.encoders import feature_dim as _feature_dim
 from keras_contrastive.layers import batch_normalization
 from keras_contrastive.losses import at_least_float32
@@ -188,6 +189,18 @@ class ContrastiveTrainer(keras.Model):
         self.projection_head = projection_head
         if not projection_head.built:
             projection_head.build((None, self.feature_dim))
+
+    def _set_negatives(self, negatives, dim):
+        """Keeps `negatives` (a `kc.negatives.Queue` or None), built for keys of dimension `dim`."""
+        if negatives is not None and not isinstance(negatives, queues.Queue):
+            raise ValueError(
+                f"`negatives` must be a keras_contrastive.negatives.Queue or None; got {type(negatives).__name__}."
+            )
+        if negatives is not None and not negatives.built:
+            negatives.build((None, dim))
+        elif negatives is not None and negatives.dim != dim:
+            raise ValueError(f"The queue holds keys of dimension {negatives.dim}; this model's are {dim}.")
+        self.negatives = negatives
 
     def _set_concatenate_views(self, concatenate_views):
         if not isinstance(concatenate_views, bool):
@@ -433,6 +446,7 @@ class ContrastiveTrainer(keras.Model):
         config = dict(config)
         config["encoder"] = _deserialize(config["encoder"])
         config["augmenter"] = _deserialize(config.get("augmenter"))
-        if config.get("projection_head") is not None:  # trainers that take any head (SimCLR, SupCon)
-            config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
+        for name in ("projection_head", "negatives"):  # trainers that take any head or a queue
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)

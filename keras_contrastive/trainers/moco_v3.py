@@ -57,6 +57,11 @@ class MoCoV3(ContrastiveTrainer):
             default) synchronizes under a strategy with several replicas.
         num_classes: int or None. Online linear probe. Defaults to None.
         seed: int. In-step augmentation seed. Defaults to 0.
+        negatives: `kc.negatives.Queue` or None. Keys of earlier steps as
+            more negatives of every query (MoCo v1/v2's queue): both loss
+            terms read the queue as it was before the step, then the step
+            enqueues both views' keys (unit length, all replicas). Defaults
+            to None (MoCo v3: the batch's keys only).
 
     Metrics: `loss`, `momentum` and, with labels, `probe_loss` / `probe_accuracy`.
 
@@ -82,6 +87,7 @@ class MoCoV3(ContrastiveTrainer):
         synchronized_bn=None,
         num_classes=None,
         seed=0,
+        negatives=None,
         **kwargs,
     ):
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -123,6 +129,7 @@ class MoCoV3(ContrastiveTrainer):
         # for them and backups carry none.
         for key in self.momentum_encoder.weights + self.momentum_projector.weights:
             key.trainable = False
+        self._set_negatives(negatives, self.projection_dim)
         self._track("momentum")
         self.built = True
 
@@ -180,7 +187,13 @@ class MoCoV3(ContrastiveTrainer):
             ops.stop_gradient(self.momentum_projector(self.momentum_encoder(v, training=training), training=training))
             for v in views
         )
-        loss = losses.info_nce(q1, k2, self.temperature) + losses.info_nce(q2, k1, self.temperature)
+        queued, valid = None, None
+        if self.negatives is not None:
+            queued, _, valid = self.negatives.contents()
+        loss = losses.info_nce(q1, k2, self.temperature, queued, valid)
+        loss += losses.info_nce(q2, k1, self.temperature, queued, valid)
+        if self.negatives is not None and training:
+            self.negatives.enqueue([losses.l2_normalize(k1), losses.l2_normalize(k2)])
         return loss, {"momentum": self.momentum(), **self.collapse_metrics(features, [q1, q2])}
 
     def get_config(self):
@@ -194,5 +207,6 @@ class MoCoV3(ContrastiveTrainer):
             projector_layers=self.projector_layers,
             predictor_layers=self.predictor_layers,
             synchronized_bn=self.synchronized_bn,
+            negatives=keras.saving.serialize_keras_object(self.negatives),
         )
         return config

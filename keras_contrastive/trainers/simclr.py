@@ -47,6 +47,12 @@ class SimCLR(ContrastiveTrainer):
             lightly's SimCLR example and MoCo do). Measured on Fashion-MNIST
             (benchmarks/RESULTS.md): per-view statistics gave a better linear
             probe at a 4-epoch budget. Defaults to True.
+        negatives: `kc.negatives.Queue` or None. More negatives from past
+            steps: every anchor is also compared with the queue's keys (the
+            L2-normalized projections of both views of earlier batches, all
+            replicas), and each training step enqueues its own after the
+            loss. Two views only. Defaults to None (in-batch negatives, the
+            paper's SimCLR).
 
     Inputs to `fit`: views `[batch, num_views, H, W, C]` (from `model.views_dataset`)
     or raw images `[batch, H, W, C]`, optionally with labels `[batch]`.
@@ -85,6 +91,7 @@ class SimCLR(ContrastiveTrainer):
         projection_head=None,
         num_views=2,
         concatenate_views=True,
+        negatives=None,
         **kwargs,
     ):
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -103,6 +110,9 @@ class SimCLR(ContrastiveTrainer):
                 head_version, self.feature_dim, projection_dim, projection_hidden_dim, synchronized_bn
             ),
         )
+        if negatives is not None and self.num_views != 2:
+            raise ValueError(f"A queue of negatives works with 2 views; this SimCLR has num_views={self.num_views}.")
+        self._set_negatives(negatives, self.projection_head.compute_output_shape((None, self.feature_dim))[-1])
         if self.num_views == 2:
             self._track("contrastive_accuracy")
         self.built = True
@@ -117,9 +127,15 @@ class SimCLR(ContrastiveTrainer):
             stacked = ops.stack(per_view, axis=1)  # [batch, views, dim]
             return losses.multiview_nt_xent(stacked, self.temperature), self.collapse_metrics(features, per_view)
         z1, z2 = ops.split(z, 2, axis=0)
-        logits, labels = losses.nt_xent_logits(z1, z2, self.temperature)
+        queued, valid = None, None
+        if self.negatives is not None:
+            queued, _, valid = self.negatives.contents()
+        logits, labels = losses.nt_xent_logits(z1, z2, self.temperature, queued, valid)
         loss = ops.mean(losses.cross_entropy_from_logits(logits, labels))
         accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == labels, "float32"))
+        if self.negatives is not None and training:
+            # After the loss has read the queue: this batch's keys are negatives of later batches only.
+            self.negatives.enqueue([losses.l2_normalize(z1), losses.l2_normalize(z2)])
         return loss, {"contrastive_accuracy": accuracy, **self.collapse_metrics(features, [z1, z2])}
 
     def get_config(self):
@@ -132,5 +148,6 @@ class SimCLR(ContrastiveTrainer):
             synchronized_bn=self.synchronized_bn,
             concatenate_views=self.concatenate_views,
             projection_head=keras.saving.serialize_keras_object(self.projection_head),
+            negatives=keras.saving.serialize_keras_object(self.negatives),
         )
         return config

@@ -37,6 +37,11 @@ class SupCon(ContrastiveTrainer):
             call (BatchNorm statistics over all views, as SupCon's reference
             code); False calls the encoder and head once per view. Defaults
             to True.
+        negatives: `kc.negatives.Queue(size, keep_labels=True)` or None.
+            Projections of earlier steps with their labels: more candidates
+            for every anchor, and more positives where the label matches;
+            each training step enqueues its views after the loss. Defaults to
+            None (the global batch only, as the paper).
 
     Inputs to `fit`: `(views [batch, num_views, H, W, C], labels [batch])` or
     `(images [batch, H, W, C], labels)`. Data without labels is an error:
@@ -70,6 +75,7 @@ class SupCon(ContrastiveTrainer):
         seed=0,
         projection_head=None,
         concatenate_views=True,
+        negatives=None,
         **kwargs,
     ):
         for name, value in (("temperature", temperature), ("base_temperature", base_temperature)):
@@ -88,6 +94,12 @@ class SupCon(ContrastiveTrainer):
         self._set_projection_head(
             projection_head, lambda: heads.ProjectionHead([hidden], self.projection_dim, name="projection_head")
         )
+        if negatives is not None and not getattr(negatives, "keep_labels", True):
+            raise ValueError(
+                "SupCon's queue must keep the labels of its keys (positives are queued keys of the anchor's "
+                "class): pass kc.negatives.Queue(size, keep_labels=True)."
+            )
+        self._set_negatives(negatives, self.projection_head.compute_output_shape((None, self.feature_dim))[-1])
         self.built = True
 
     def contrastive_loss(self, features, labels, training, views):
@@ -99,7 +111,11 @@ class SupCon(ContrastiveTrainer):
         per_view = ops.split(self.project(features, training=training), self.num_views, axis=0)
         z = ops.stack(per_view, axis=1)  # [batch, views, dim]
         labels = ops.reshape(labels, (-1,))
-        loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode)
+        queued = (None, None, None) if self.negatives is None else self.negatives.contents()
+        loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode, *queued)
+        if self.negatives is not None and training:
+            # Every view's unit projection, view-major as the loss lays out its candidates, with its label.
+            self.negatives.enqueue([losses.l2_normalize(p) for p in per_view], [labels] * self.num_views)
         return loss, self.collapse_metrics(features, per_view)
 
     def get_config(self):
@@ -112,5 +128,6 @@ class SupCon(ContrastiveTrainer):
             projection_hidden_dim=self.projection_hidden_dim,
             concatenate_views=self.concatenate_views,
             projection_head=keras.saving.serialize_keras_object(self.projection_head),
+            negatives=keras.saving.serialize_keras_object(self.negatives),
         )
         return config

@@ -1,0 +1,161 @@
+"""Negatives beyond the batch: a FIFO queue of past keys (MoCo, He et al. 2020).
+
+In-batch methods (SimCLR, SupCon) compare each anchor with the other views of
+the global batch only. A queue keeps the keys of the last `size` examples, so
+every step sees `size` more negatives for the price of one matmul column block,
+at any batch size. Its state lives in non-trainable variables of a Keras layer:
+checkpoints, `.keras` files and `BackupAndRestore` carry it, so a resumed run
+continues with the same queue.
+
+Under a `tf.distribute` strategy each replica enqueues the keys of the whole
+global batch (gathered in replica order), so every replica holds the same
+queue, equal to the queue one replica fills on the same global batch.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_contrastive import distribute
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class Queue(keras.layers.Layer):
+    """A first-in first-out queue of `size` keys `[size, dim]`, with their labels.
+
+    Slots fill in order and then wrap around, overwriting the oldest keys
+    (MoCo's `_dequeue_and_enqueue`). Slots never written are reported as not
+    valid, so a loss masks them out instead of comparing with zeros or random
+    vectors: the loss of the first steps is exact, not a warm-up artefact.
+    Shapes are static (`size` fixed), as TPUs and `jit_compile=True` need.
+
+    Args:
+        size: int > 0. Number of keys kept. MoCo v2 uses 65,536 for
+            ImageNet; it must be at least the global batch's keys per step.
+        keep_labels: bool. Also keep an int32 label per key (SupCon's
+            positives among the queued keys). Defaults to False.
+        dtype: "float32" or "float64". The keys' dtype, float32 under any
+            mixed-precision policy. Defaults to "float32".
+
+    `contents()` gives what a loss reads, `enqueue(keys)` adds a step's keys.
+    Build it with `queue.build((None, dim))` before use (the trainers do).
+
+    Example:
+
+    >>> queue = Queue(4)
+    >>> queue.build((None, 2))
+    >>> queue.enqueue(np.eye(2, dtype="float32"))
+    >>> keys, labels, valid = queue.contents()
+    >>> valid.numpy().tolist()
+    [True, True, False, False]
+
+    References:
+        He, Fan, Wu, Xie, Girshick. Momentum Contrast for Unsupervised Visual
+        Representation Learning. CVPR 2020 (the queue, algorithm 1).
+        Chen, Fan, Girshick, He. Improved Baselines with Momentum Contrastive
+        Learning. arXiv:2003.04297 (MoCo v2).
+    """
+
+    def __init__(self, size, keep_labels=False, **kwargs):
+        # Keys are kept and compared in float32 whatever the model's policy (similarity logits in float32);
+        # `dtype="float64"` keeps float64 keys (the float64 equivalence tests).
+        kwargs["dtype"] = "float64" if kwargs.get("dtype") == "float64" else "float32"
+        super().__init__(**kwargs)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`size` must be an int > 0 (the number of keys kept); got {size!r}.")
+        self.size = size
+        self.keep_labels = bool(keep_labels)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"The queue needs the keys' static dimension; got shape {input_shape}.")
+        # Identical on every replica (each enqueues the gathered global batch): any replica's copy is the value.
+        state = dict(trainable=False, aggregation="only_first_replica")
+        self.keys = self.add_weight(
+            shape=(self.size, dim), initializer="zeros", dtype=self.variable_dtype, name="keys", **state
+        )
+        self.labels = self.add_weight(
+            shape=(self.size,), initializer=keras.initializers.Constant(-1), dtype="int32", name="labels", **state
+        )
+        # Next slot to write, and the number of slots written so far (at most `size`): two int32 scalars that
+        # never overflow, unlike a running count of keys.
+        self.pointer = self.add_weight(shape=(), initializer="zeros", dtype="int32", name="pointer", **state)
+        self.filled = self.add_weight(shape=(), initializer="zeros", dtype="int32", name="filled", **state)
+        self.built = True
+
+    @property
+    def dim(self):
+        return int(self.keys.shape[-1])
+
+    def contents(self):
+        """The queue as the loss reads it, slot by slot (not in age order).
+
+        Returns:
+            `(keys, labels, valid)`: float32 (or float64) `[size, dim]`, int32 `[size]` (-1
+            where never written) and bool `[size]`, True for written slots.
+        """
+        valid = ops.arange(self.size, dtype="int32") < ops.convert_to_tensor(self.filled)
+        return ops.convert_to_tensor(self.keys), ops.convert_to_tensor(self.labels), valid
+
+    def ordered(self):
+        """The written keys and labels from oldest to newest: `[filled, dim]` and `[filled]` (eager use)."""
+        keys, labels = self.keys.numpy(), self.labels.numpy()
+        filled, pointer = int(self.filled.numpy()), int(self.pointer.numpy())
+        if filled < self.size:
+            return keys[:filled], labels[:filled]
+        order = [(pointer + i) % self.size for i in range(self.size)]
+        return keys[order], labels[order]
+
+    def enqueue(self, keys, labels=None):
+        """Writes this step's keys (of every replica) over the oldest slots.
+
+        Args:
+            keys: Tensor `[local_batch, dim]`, or a list of them (e.g. the
+                two views' keys); each is gathered from all replicas, in
+                replica order, and the lists are joined in list order, so the
+                queue is the one a single replica fills on the global batch.
+                Gradients do not flow into the queue.
+            labels: int Tensor `[local_batch]` or a list matching `keys`;
+                required with `keep_labels=True`, ignored otherwise.
+        """
+        if not self.built:
+            raise ValueError("Build the queue with `queue.build((None, dim))` before enqueueing.")
+        keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+        if self.keep_labels:
+            if labels is None:
+                raise ValueError("This queue keeps labels (`keep_labels=True`): pass `labels` with the keys.")
+            labels = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+            if len(labels) != len(keys):
+                raise ValueError(f"Got {len(keys)} key tensors and {len(labels)} label tensors; pass one per key.")
+        gathered = ops.concatenate(
+            [distribute.all_gather(ops.stop_gradient(ops.cast(k, self.keys.dtype))) for k in keys], axis=0
+        )
+        if gathered.shape[-1] is not None and gathered.shape[-1] != self.dim:
+            raise ValueError(f"The queue holds keys of dimension {self.dim}; got keys of shape {gathered.shape}.")
+        batch = gathered.shape[0]
+        if batch is not None and batch > self.size:
+            raise ValueError(
+                f"One step enqueues {batch} keys (all replicas, all views) but the queue holds {self.size}: "
+                "make `size` at least the keys per step."
+            )
+        count = ops.shape(gathered)[0]
+        slots = (ops.convert_to_tensor(self.pointer) + ops.arange(count, dtype="int32")) % self.size
+        checks = []
+        if batch is None:
+            checks.append(tf.debugging.assert_less_equal(count, self.size, message="More keys than queue slots."))
+        with tf.control_dependencies(checks):
+            slots = tf.identity(slots)
+        self.keys.assign(tf.tensor_scatter_nd_update(self.keys, slots[:, None], gathered))
+        if self.keep_labels:
+            gathered_labels = ops.concatenate(
+                [distribute.all_gather(ops.cast(ops.reshape(y, (-1,)), "int32")) for y in labels], axis=0
+            )
+            self.labels.assign(tf.tensor_scatter_nd_update(self.labels, slots[:, None], gathered_labels))
+        self.pointer.assign((ops.convert_to_tensor(self.pointer) + count) % self.size)
+        self.filled.assign(ops.minimum(ops.convert_to_tensor(self.filled) + count, self.size))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, keep_labels=self.keep_labels, dtype=self.variable_dtype)
+        return config

@@ -1,0 +1,309 @@
+import keras
+import numpy as np
+import pytest
+from conftest import cpu_strategy
+from conftest import random_views
+from conftest import tiny_encoder
+from conftest import train
+from conftest import weights_of
+
+import keras_contrastive as kc
+
+
+def built_queue(size, dim, **kwargs):
+    queue = kc.negatives.Queue(size, **kwargs)
+    queue.build((None, dim))
+    return queue
+
+
+def test_the_queue_holds_the_last_keys_in_order_and_wraps_around(rng):
+    queue = built_queue(10, 3, keep_labels=True)
+    keys, labels = rng.normal(size=(16, 3)).astype("float32"), np.arange(16, dtype="int32")
+    _, _, valid = queue.contents()
+    assert not valid.numpy().any()
+    for step in range(4):
+        queue.enqueue(keys[4 * step : 4 * step + 4], labels[4 * step : 4 * step + 4])
+        seen = 4 * (step + 1)
+        kept, kept_labels = queue.ordered()
+        np.testing.assert_array_equal(kept, keys[max(0, seen - 10) : seen])
+        np.testing.assert_array_equal(kept_labels, labels[max(0, seen - 10) : seen])
+        _, slot_labels, valid = queue.contents()
+        assert valid.numpy().sum() == min(seen, 10)
+        assert (slot_labels.numpy()[~valid.numpy()] == -1).all()
+    # 16 keys through 10 slots: keys 10-15 overwrote slots 0-5, the oldest kept (6-9) sit in slots 6-9.
+    np.testing.assert_array_equal(queue.contents()[0].numpy(), np.concatenate([keys[10:16], keys[6:10]]))
+    assert int(queue.pointer.numpy()) == 6
+
+
+def test_a_list_of_keys_is_enqueued_in_list_order(rng):
+    queue = built_queue(8, 2)
+    first, second = rng.normal(size=(2, 3, 2)).astype("float32")
+    queue.enqueue([first, second])
+    np.testing.assert_array_equal(queue.ordered()[0], np.concatenate([first, second]))
+
+
+def test_bad_arguments_fail_with_what_to_do():
+    with pytest.raises(ValueError, match="`size` must be an int > 0"):
+        kc.negatives.Queue(0)
+    with pytest.raises(ValueError, match="at least the keys per step"):
+        built_queue(4, 2).enqueue(np.zeros((5, 2), "float32"))
+    with pytest.raises(ValueError, match="dimension 2"):
+        built_queue(4, 2).enqueue(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="pass `labels`"):
+        built_queue(4, 2, keep_labels=True).enqueue(np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="Build the queue"):
+        kc.negatives.Queue(4).enqueue(np.zeros((1, 2), "float32"))
+
+
+def nt_xent_with_negatives_reference(z1, z2, temperature, negatives, valid):
+    """NT-Xent (Chen et al. eq. 1) in float64 loops: every view an anchor, its other view the positive, the
+    other 2N - 2 views and the valid queued keys the negatives."""
+
+    def unit(x):
+        x = np.asarray(x, "float64")
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    views, queued = unit(np.concatenate([z1, z2])), unit(negatives)[np.asarray(valid)]
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        candidates = [views[i] @ views[k] for k in range(2 * n) if k != i]
+        candidates += [views[i] @ q for q in queued]
+        logits = np.array(candidates) / temperature
+        total += -views[i] @ views[positive] / temperature + np.log(np.exp(logits).sum())
+    return total / (2 * n)
+
+
+def test_nt_xent_with_queued_negatives_against_its_definition(rng):
+    z1, z2 = rng.normal(size=(2, 6, 5))
+    negatives = rng.normal(size=(7, 5))
+    valid = np.array([True, True, False, True, False, True, True])
+    got = kc.losses.nt_xent(z1, z2, 0.3, negatives=negatives, negatives_valid=valid)
+    want = nt_xent_with_negatives_reference(z1, z2, 0.3, negatives, valid)
+    np.testing.assert_allclose(float(got), want, rtol=1e-10)
+    # No queue at all is the plain loss; an all-invalid queue changes nothing.
+    plain = kc.losses.nt_xent(z1, z2, 0.3)
+    none_valid = kc.losses.nt_xent(z1, z2, 0.3, negatives=negatives, negatives_valid=np.zeros(7, bool))
+    np.testing.assert_allclose(float(none_valid), float(plain), rtol=1e-12)
+    assert float(got) > float(plain) + 0.1
+
+
+def build(strategy, size=40, learning_rate=0.0, dtype="float32"):
+    with strategy.scope():
+        model = kc.SimCLR(
+            tiny_encoder(),
+            temperature=0.2,
+            projection_dim=8,
+            negatives=kc.negatives.Queue(size, dtype=dtype),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
+    return model
+
+
+def projections(model, views):
+    """The step's projections, by hand: encoder and head on the 2N views in training mode."""
+    features = model.encoder(np.concatenate([views[:, 0], views[:, 1]]), training=True)
+    z = model.projection_head(features, training=True).numpy()
+    return np.split(z, 2)
+
+
+def test_simclr_compares_with_the_previous_batches_and_enqueues_after_the_loss():
+    model = build(cpu_strategy(1))  # learning rate 0: the weights stay, so each step's projections are known
+    first, second = random_views(8, seed=1), random_views(8, seed=2)
+    loss_1 = model.train_on_batch(first, return_dict=True)["loss"]
+    z1, z2 = projections(model, first)
+    # Step 1 saw an empty queue: plain NT-Xent. Then both views' unit projections were enqueued.
+    np.testing.assert_allclose(loss_1, float(kc.losses.nt_xent(z1, z2, 0.2)), rtol=1e-5)
+    unit = np.concatenate([z1, z2]) / np.linalg.norm(np.concatenate([z1, z2]), axis=1, keepdims=True)
+    np.testing.assert_allclose(model.negatives.ordered()[0], unit, atol=1e-6)
+    loss_2 = model.train_on_batch(second, return_dict=True)["loss"]
+    y1, y2 = projections(model, second)
+    want = nt_xent_with_negatives_reference(y1, y2, 0.2, unit, np.ones(16, bool))
+    np.testing.assert_allclose(loss_2, want, rtol=1e-5)
+    # evaluate reads the queue and leaves it as it is.
+    before = model.negatives.ordered()[0]
+    model.evaluate(first, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(model.negatives.ordered()[0], before)
+
+
+def test_two_replicas_fill_the_queue_and_train_as_one(float64):
+    """Three steps of 32 keys through 40 slots (it wraps around) on 1 and 2 replicas from the same weights:
+    the same loss, weights and queue, slot by slot."""
+    views = random_views(48)
+    reference = build(cpu_strategy(1), learning_rate=0.05, dtype="float64")
+    init = reference.get_weights()
+    ref_hist = train(reference, views)
+    model = build(cpu_strategy(2), learning_rate=0.05, dtype="float64")
+    model.set_weights(init)
+    hist = train(model, views)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    assert int(model.negatives.filled.numpy()) == 40 and int(model.negatives.pointer.numpy()) == 96 % 40
+    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    assert np.abs(reference.negatives.keys.numpy()).max() > 0.1  # the queue was filled, not compared at zero
+
+
+def test_the_queue_is_saved_with_the_model_and_in_its_config(tmp_path):
+    model = build(cpu_strategy(1), size=24)
+    model.train_on_batch(random_views(8))
+    path = str(tmp_path / "simclr.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored.negatives, kc.negatives.Queue) and restored.negatives.size == 24
+    np.testing.assert_array_equal(restored.negatives.keys.numpy(), model.negatives.keys.numpy())
+    assert int(restored.negatives.filled.numpy()) == 16 and int(restored.negatives.pointer.numpy()) == 16
+
+
+def test_the_queue_under_jit_compile_matches_the_eager_step():
+    views = random_views(16)
+    eager, jit = build(cpu_strategy(1), learning_rate=0.05), build(cpu_strategy(1), learning_rate=0.05)
+    jit.set_weights(eager.get_weights())
+    jit.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+    eager.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    for step in range(2):
+        batch = views[8 * step : 8 * step + 8]
+        want, got = eager.train_on_batch(batch), jit.train_on_batch(batch)
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    # Step 2's keys come after one update: XLA's and the eager kernels' rounding moves them by up to 2e-4 (of
+    # keys about 0.3 in size); a wrong slot or a missing enqueue moves them by the keys' own size.
+    np.testing.assert_allclose(jit.negatives.keys.numpy(), eager.negatives.keys.numpy(), atol=1e-3)
+    assert int(jit.negatives.filled.numpy()) == 32
+
+
+def test_simclr_rejects_a_queue_it_cannot_use():
+    with pytest.raises(ValueError, match="2 views"):
+        kc.SimCLR(tiny_encoder(), projection_dim=8, num_views=3, negatives=kc.negatives.Queue(16))
+    with pytest.raises(ValueError, match="must be a keras_contrastive.negatives.Queue"):
+        kc.SimCLR(tiny_encoder(), projection_dim=8, negatives=16)
+    with pytest.raises(ValueError, match="dimension 4; this model's are 8"):
+        kc.SimCLR(tiny_encoder(), projection_dim=8, negatives=built_queue(16, 4))
+
+
+def unit_rows(x):
+    x = np.asarray(x, "float64")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def info_nce_with_negatives_reference(q, k, temperature, negatives):
+    """MoCo's InfoNCE in float64 loops: query i against every key (its positive is key i) and the queued keys,
+    times 2 tau (MoCo v3)."""
+    q, k, negatives = unit_rows(q), unit_rows(k), unit_rows(negatives)
+    total = 0.0
+    for i in range(len(q)):
+        logits = np.array([q[i] @ c for c in np.concatenate([k, negatives])]) / temperature
+        total += np.log(np.exp(logits).sum()) - logits[i]
+    return 2 * temperature * total / len(q)
+
+
+def test_moco_v3_reads_the_queue_of_momentum_keys_in_both_terms():
+    with cpu_strategy(1).scope():
+        model = kc.MoCoV3(
+            tiny_encoder(), temperature=0.2, hidden_dim=16, projection_dim=8, negatives=kc.negatives.Queue(32)
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.0))  # the branches stay equal and fixed
+
+    def keys(views):
+        return [
+            model.momentum_projector(model.momentum_encoder(views[:, v], training=True), training=True).numpy()
+            for v in (0, 1)
+        ]
+
+    def queries(views):
+        return [
+            model.predictor(model.projector(model.encoder(views[:, v], training=True), training=True), training=True)
+            for v in (0, 1)
+        ]
+
+    first, second = random_views(8, seed=1), random_views(8, seed=2)
+    model.train_on_batch(first)
+    k1, k2 = keys(first)
+    queued = unit_rows(np.concatenate([k1, k2]))
+    np.testing.assert_allclose(model.negatives.ordered()[0], queued, atol=1e-6)
+    loss = model.train_on_batch(second, return_dict=True)["loss"]
+    (y1, y2), (c1, c2) = [np.asarray(q) for q in queries(second)], keys(second)
+    want = info_nce_with_negatives_reference(y1, c2, 0.2, queued) + info_nce_with_negatives_reference(
+        y2, c1, 0.2, queued
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert int(model.negatives.filled.numpy()) == 32
+
+
+def supcon_with_queue_reference(z, labels, temperature, base_temperature, negatives, negative_labels):
+    """SupCon L_out (Khosla et al. eq. 2) in float64 loops, every view an anchor; the queued keys join A(i), and
+    P(i) where their label is the anchor's."""
+    n, v, _ = z.shape
+    views = unit_rows(np.transpose(z, (1, 0, 2)).reshape(n * v, -1))
+    view_labels = np.tile(labels, v)
+    candidates = np.concatenate([views, unit_rows(negatives)])
+    candidate_labels = np.concatenate([view_labels, negative_labels])
+    losses, count = 0.0, 0
+    for i in range(n * v):
+        others = [a for a in range(len(candidates)) if a != i]
+        positives = [p for p in others if candidate_labels[p] == view_labels[i]]
+        if not positives:
+            continue
+        log_denominator = np.log(sum(np.exp(views[i] @ candidates[a] / temperature) for a in others))
+        mean_log_prob = np.mean([views[i] @ candidates[p] / temperature - log_denominator for p in positives])
+        losses += -(temperature / base_temperature) * mean_log_prob
+        count += 1
+    return losses / count
+
+
+def test_supcon_with_a_queue_against_its_definition(rng):
+    # Labels 0-3 in the batch; the queue holds labels 3-5 and an empty slot. Anchors of label 3 find positives in
+    # the queue; labels 4 and 5 are only negatives; the empty slot is neither.
+    z, labels = rng.normal(size=(6, 2, 5)), np.array([0, 1, 2, 3, 0, 1])
+    negatives, negative_labels = rng.normal(size=(4, 5)), np.array([3, 4, 5, -1])
+    valid = np.array([True, True, True, False])
+    got = kc.losses.supcon(z, labels, 0.3, 0.2, "all", negatives, negative_labels, valid)
+    want = supcon_with_queue_reference(z, labels, 0.3, 0.2, negatives[:3], negative_labels[:3])
+    np.testing.assert_allclose(float(got), want, rtol=1e-10)
+    # Anchors of label 2 have their only positive in the batch: a queued key of label 2 must change the loss.
+    moved = kc.losses.supcon(z, labels, 0.3, 0.2, "all", negatives, np.array([3, 4, 2, -1]), valid)
+    assert abs(float(moved) - float(got)) > 1e-3
+
+
+def build_supcon(strategy, learning_rate=0.05, dtype="float32"):
+    with strategy.scope():
+        model = kc.SupCon(
+            tiny_encoder(),
+            temperature=0.2,
+            base_temperature=0.1,
+            projection_dim=8,
+            negatives=kc.negatives.Queue(40, keep_labels=True, dtype=dtype),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
+    return model
+
+
+def test_supcon_enqueues_labelled_keys_and_two_replicas_train_as_one(float64):
+    views, labels = random_views(48), np.arange(48) % 5
+    reference = build_supcon(cpu_strategy(1), dtype="float64")
+    init = reference.get_weights()
+    ref_hist = train(reference, views, labels)
+    model = build_supcon(cpu_strategy(2), dtype="float64")
+    model.set_weights(init)
+    hist = train(model, views, labels)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    # The last step's 32 keys (16 images x 2 views, view-major) with their labels, then the 8 before them.
+    kept, kept_labels = model.negatives.ordered()
+    np.testing.assert_array_equal(kept_labels, np.concatenate([labels[24:32]] + [labels[32:48]] * 2))
+    assert np.abs(kept).max() > 0.1
+
+
+def test_supcon_asks_for_a_queue_with_labels():
+    with pytest.raises(ValueError, match="keep_labels=True"):
+        kc.SupCon(tiny_encoder(), projection_dim=8, negatives=kc.negatives.Queue(16))
+
+
+@pytest.mark.parametrize("cls", [kc.SimCLR, kc.SupCon, kc.MoCoV3])
+def test_every_trainer_rebuilds_its_queue_from_its_config(cls):
+    kwargs = dict(hidden_dim=8) if cls is kc.MoCoV3 else {}
+    model = cls(tiny_encoder(), projection_dim=8, negatives=kc.negatives.Queue(48, keep_labels=True), **kwargs)
+    clone = cls.from_config(model.get_config())
+    assert isinstance(clone.negatives, kc.negatives.Queue) and clone.negatives is not model.negatives
+    assert (clone.negatives.size, clone.negatives.keep_labels, clone.negatives.dim) == (48, True, 8)
+    assert cls.from_config(cls(tiny_encoder(), projection_dim=8, **kwargs).get_config()).negatives is None
