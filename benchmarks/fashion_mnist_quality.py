@@ -73,6 +73,7 @@ ROWS = [
     "recipe_mocov3",
     "recipe_supcon",
     "recipe_supervised",
+    "recipe_nnclr",
 ]
 
 
@@ -255,6 +256,7 @@ def row_name(args, row):
         "recipe_mocov3": "recipes/mocov3.py",
         "recipe_supcon": "recipes/supcon.py (two stages)",
         "recipe_supervised": "recipes/supervised.py (cross-entropy)",
+        "recipe_nnclr": "recipes/nnclr.py",
     }[row]
 
 

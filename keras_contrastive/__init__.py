@@ -24,6 +24,7 @@ from keras_contrastive import optimizers
 from keras_contrastive import pictures
 from keras_contrastive import savedmodel
 from keras_contrastive import serving
+from keras_contrastive.trainers import NNCLR
 from keras_contrastive.trainers import MoCoV3
 from keras_contrastive.trainers import SimCLR
 from keras_contrastive.trainers import SupCon

@@ -372,3 +372,66 @@ def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None):
         logits = ops.concatenate([logits, extra], axis=1)
     labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
     return ops.mean(cross_entropy_from_logits(logits, labels)) * (2.0 * temperature)
+
+
+def nearest_neighbours(embeddings, support, support_valid=None):
+    """Each embedding's nearest neighbour (cosine) in a support set: NNCLR's positive.
+
+    Args:
+        embeddings: Tensor `[batch, dim]`.
+        support: Tensor `[Q, dim]`, e.g. a `kc.negatives.Queue`'s keys.
+        support_valid: bool Tensor `[Q]` or None. Only True rows can be
+            chosen. Defaults to all.
+
+    Returns:
+        `(neighbours, indices)`: the chosen support rows, L2-normalized and
+        without gradient, `[batch, dim]` (float32, float64 for float64
+        inputs), and their int32 rows `[batch]`. Where no row is valid (an
+        empty support set, the first step) an embedding is its own
+        neighbour (normalized, without gradient) and its index is -1.
+    """
+    z = l2_normalize(embeddings)
+    bank = ops.cast(l2_normalize(support), z.dtype)
+    similarity = ops.matmul(z, ops.transpose(bank))
+    if support_valid is not None:
+        similarity = ops.where(ops.expand_dims(support_valid, 0), similarity, float("-inf"))
+        any_valid = ops.any(support_valid)
+    else:
+        any_valid = ops.convert_to_tensor(True)
+    indices = ops.cast(ops.argmax(similarity, axis=1), "int32")
+    neighbours = ops.where(any_valid, ops.take(bank, indices, axis=0), z)
+    return ops.stop_gradient(neighbours), ops.where(any_valid, indices, -1)
+
+
+def nnclr_loss(neighbours, predictions, temperature=0.1):
+    """NNCLR's InfoNCE (Dwibedi et al. 2021, eq. 2): a view's support-set neighbour against the other view's predictions.
+
+        l_i = -log( exp(NN(z_i) . p_i+ / t) / sum_k exp(NN(z_i) . p_k+ / t) )
+
+    with k over the global batch (predictions gathered from every replica,
+    with their gradient); the neighbours carry no gradient. Mean over this
+    replica's rows.
+
+    Args:
+        neighbours: Tensor `[batch, dim]`, NN(z) of one view (`nearest_neighbours`).
+        predictions: Tensor `[batch, dim]`, the predictor's outputs p+ of the
+            other view; row i is the positive of neighbour i.
+        temperature: float > 0. Defaults to 0.1 (paper).
+
+    Returns:
+        float32 scalar (float64 for float64 inputs).
+
+    References:
+        Dwibedi, Aytar, Tompson, Sermanet, Zisserman. With a Little Help from
+        My Friends: Nearest-Neighbor Contrastive Learning of Visual
+        Representations. ICCV 2021.
+    """
+    _check_temperature(temperature)
+    q = ops.stop_gradient(l2_normalize(neighbours))
+    p = l2_normalize(predictions)
+    n = ops.shape(q)[0]
+    distribute.check_even_split(n)
+    p_all = distribute.all_gather(p)
+    logits = ops.matmul(q, ops.transpose(ops.cast(p_all, q.dtype))) / temperature
+    labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
+    return ops.mean(cross_entropy_from_logits(logits, labels))

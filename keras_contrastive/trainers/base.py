@@ -446,7 +446,7 @@ class ContrastiveTrainer(keras.Model):
         config = dict(config)
         config["encoder"] = _deserialize(config["encoder"])
         config["augmenter"] = _deserialize(config.get("augmenter"))
-        for name in ("projection_head", "negatives"):  # trainers that take any head or a queue
+        for name in ("projection_head", "negatives", "support_set"):  # trainers that take any head or a queue
             if config.get(name) is not None:
                 config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
