@@ -41,7 +41,7 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x * ops.rsqrt(ops.maximum(norm_sq, epsilon))
 
 
-def nt_xent_logits(z1, z2, temperature, negatives=None, negatives_valid=None):
+def nt_xent_logits(z1, z2, temperature, negatives=None, negatives_valid=None, mochi=None, seed=None):
     """Logits and positive indices of NT-Xent for this replica's 2n anchors.
 
     Candidates are the 2N views of the global batch (N = n x replicas), laid out
@@ -57,9 +57,13 @@ def nt_xent_logits(z1, z2, temperature, negatives=None, negatives_valid=None):
             same on every replica. Defaults to None.
         negatives_valid: bool Tensor `[Q]` or None. False columns (queue slots
             never written) are masked with -inf. Defaults to all valid.
+        mochi: `kc.negatives.MoCHi` or None. Appends each anchor's synthetic
+            hard negatives mixed from `negatives` (s + s' more columns).
+            Defaults to None.
+        seed: int32 Tensor `[2]`. MoCHi's stateless seed (this step's).
 
     Returns:
-        `(logits, labels)`: float32 (float64 for float64 inputs) `[2n, 2N + Q]`
+        `(logits, labels)`: float32 (float64 for float64 inputs) `[2n, 2N + Q (+ s + s')]`
         and int32 `[2n]`. Rows
         `[0, n)` are the first views as anchors, rows `[n, 2n)` the second views.
     """
@@ -90,7 +94,24 @@ def nt_xent_logits(z1, z2, temperature, negatives=None, negatives_valid=None):
         if negatives_valid is not None:
             extra = ops.where(ops.expand_dims(negatives_valid, 0), extra, float("-inf"))
         logits = ops.concatenate([logits, extra], axis=1)
+        # An anchor's row in the global batch is its own column, `self_index`: MoCHi's draws are indexed by it.
+        logits = _with_mochi(
+            logits, anchors, negatives, negatives_valid, mochi, seed, self_index, 2 * big_n, temperature
+        )
     return logits, labels
+
+
+def _with_mochi(logits, anchors, negatives, valid, mochi, seed, anchor_index, total_anchors, temperature):
+    """`logits` with MoCHi's synthetic negatives of each anchor appended (masked where not usable)."""
+    if mochi is None:
+        return logits
+    if seed is None:
+        raise ValueError("MoCHi needs `seed`, a stateless int32 [2] seed of the step.")
+    keys = ops.cast(l2_normalize(negatives), anchors.dtype)
+    if valid is None:
+        valid = ops.ones((ops.shape(keys)[0],), "bool")
+    similarity, usable = mochi.synthetic_logits(anchors, keys, valid, anchor_index, total_anchors, seed)
+    return ops.concatenate([logits, ops.where(usable, similarity / temperature, float("-inf"))], axis=1)
 
 
 def cross_entropy_from_logits(logits, labels):
@@ -103,7 +124,7 @@ def cross_entropy_from_logits(logits, labels):
     return ops.logsumexp(logits, axis=1) - picked
 
 
-def nt_xent(z1, z2, temperature=0.5, negatives=None, negatives_valid=None):
+def nt_xent(z1, z2, temperature=0.5, negatives=None, negatives_valid=None, mochi=None, seed=None):
     """NT-Xent, the SimCLR loss (Chen et al. 2020, eq. 1), mean over all 2N anchors.
 
     l(i, j) = -log( exp(sim(z_i, z_j)/t) / sum_{k != i} exp(sim(z_i, z_k)/t) )
@@ -119,6 +140,9 @@ def nt_xent(z1, z2, temperature=0.5, negatives=None, negatives_valid=None):
             (a queue's keys, see `nt_xent_logits`). Defaults to None.
         negatives_valid: bool Tensor `[Q]` or None. Which of them count.
             Defaults to all.
+        mochi: `kc.negatives.MoCHi` or None, with `seed`: hard negative mixing
+            from `negatives` (see `nt_xent_logits`). Defaults to None.
+        seed: int32 Tensor `[2]` or None. Defaults to None.
 
     Returns:
         float32 scalar. Under a strategy: the mean over this replica's anchors,
@@ -134,7 +158,7 @@ def nt_xent(z1, z2, temperature=0.5, negatives=None, negatives_valid=None):
         Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive
         Learning of Visual Representations. ICML 2020.
     """
-    logits, labels = nt_xent_logits(z1, z2, temperature, negatives, negatives_valid)
+    logits, labels = nt_xent_logits(z1, z2, temperature, negatives, negatives_valid, mochi, seed)
     return ops.mean(cross_entropy_from_logits(logits, labels))
 
 
@@ -329,7 +353,7 @@ def multiview_nt_xent(features, temperature=0.5):
     return supcon(features, None, temperature=temperature, base_temperature=temperature)
 
 
-def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None):
+def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None, mochi=None, seed=None):
     """MoCo v3's InfoNCE: cross-entropy of `q k^T / t` against the matching key, times 2t.
 
     Query i's positive is key i (the same image's other view); the negatives
@@ -349,6 +373,9 @@ def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None):
             as Q columns. Defaults to None.
         negatives_valid: bool Tensor `[Q]` or None. False columns are masked
             with -inf. Defaults to all valid.
+        mochi: `kc.negatives.MoCHi` or None. Hard negative mixing from
+            `negatives` (MoCHi's own setting: MoCo with a queue). Defaults to None.
+        seed: int32 Tensor `[2]` or None. MoCHi's stateless seed.
 
     Returns:
         float32 scalar: mean over this replica's queries.
@@ -371,6 +398,10 @@ def info_nce(query, key, temperature=0.2, negatives=None, negatives_valid=None):
             extra = ops.where(ops.expand_dims(negatives_valid, 0), extra, float("-inf"))
         logits = ops.concatenate([logits, extra], axis=1)
     labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
+    if negatives is not None:
+        # A query's row in the global batch is its positive's column, `labels`: MoCHi's draws are indexed by it.
+        total = ops.shape(k_all)[0]
+        logits = _with_mochi(logits, q, negatives, negatives_valid, mochi, seed, labels, total, temperature)
     return ops.mean(cross_entropy_from_logits(logits, labels)) * (2.0 * temperature)
 
 

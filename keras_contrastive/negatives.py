@@ -34,6 +34,9 @@ class Queue(keras.layers.Layer):
             ImageNet; it must be at least the global batch's keys per step.
         keep_labels: bool. Also keep an int32 label per key (SupCon's
             positives among the queued keys). Defaults to False.
+        mochi: `MoCHi` or None. Hard negative mixing: synthetic negatives
+            from each anchor's hardest queued keys join its loss. Defaults to
+            None.
         dtype: "float32" or "float64". The keys' dtype, float32 under any
             mixed-precision policy. Defaults to "float32".
 
@@ -56,7 +59,7 @@ class Queue(keras.layers.Layer):
         Learning. arXiv:2003.04297 (MoCo v2).
     """
 
-    def __init__(self, size, keep_labels=False, **kwargs):
+    def __init__(self, size, keep_labels=False, mochi=None, **kwargs):
         # Keys are kept and compared in float32 whatever the model's policy (similarity logits in float32);
         # `dtype="float64"` keeps float64 keys (the float64 equivalence tests).
         kwargs["dtype"] = "float64" if kwargs.get("dtype") == "float64" else "float32"
@@ -65,6 +68,13 @@ class Queue(keras.layers.Layer):
             raise ValueError(f"`size` must be an int > 0 (the number of keys kept); got {size!r}.")
         self.size = size
         self.keep_labels = bool(keep_labels)
+        if isinstance(mochi, dict):
+            mochi = keras.saving.deserialize_keras_object(mochi)
+        if mochi is not None and not isinstance(mochi, MoCHi):
+            raise ValueError(f"`mochi` must be a keras_contrastive.negatives.MoCHi or None; got {mochi!r}.")
+        if mochi is not None and mochi.N > size:
+            raise ValueError(f"MoCHi's N={mochi.N} exceeds the queue's size {size}: N hardest of {size} keys.")
+        self.mochi = mochi
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -158,4 +168,132 @@ class Queue(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(size=self.size, keep_labels=self.keep_labels, dtype=self.variable_dtype)
+        config["mochi"] = None if self.mochi is None else keras.saving.serialize_keras_object(self.mochi)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class MoCHi:
+    """Hard negative mixing (Kalantidis et al. 2020): synthetic negatives from a queue's hardest keys.
+
+    For each anchor q, the N queued keys most similar to it are its hardest
+    negatives. MoCHi adds, as more negatives of q alone:
+    * s keys `h = a n_i + (1 - a) n_j`, unit length, with n_i, n_j drawn
+      from the N hardest and a uniform in (0, 1) (the paper's eq. 3);
+    * s' keys `h' = b q + (1 - b) n_j`, unit length, with b uniform in
+      (0, 0.5), so q stays the larger part of neither (eq. 4).
+    The synthetic keys carry no gradient (they are negatives, as the queue's
+    keys are). Draws are stateless and indexed by the anchor's position in
+    the global batch, so N replicas draw what one replica draws. Slots never
+    written are never picked as hard negatives: a mix that would use one is
+    masked out of the loss.
+
+    Args:
+        N: int > 0. Hardest negatives to mix from (at most the queue's size).
+            The paper's best ImageNet-100 setting: N=1024.
+        s: int >= 0. Synthetic negatives mixed from pairs of hard ones.
+            Paper: 1024.
+        s_prime: int >= 0. Synthetic negatives mixed from the anchor and a
+            hard one. Paper: 512.
+
+    Example:
+
+    >>> queue = Queue(4096, mochi=MoCHi(N=1024, s=1024, s_prime=512))
+
+    References:
+        Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus. Hard Negative
+        Mixing for Contrastive Learning. NeurIPS 2020.
+    """
+
+    def __init__(self, N=1024, s=1024, s_prime=512):  # noqa: N803 (the paper's names)
+        for name, value, least in (("N", N, 1), ("s", s, 0), ("s_prime", s_prime, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"MoCHi's `{name}` must be an int >= {least}; got {value!r}.")
+        if s + s_prime == 0:
+            raise ValueError("MoCHi with s = s_prime = 0 adds no negatives; set s or s_prime > 0, or drop mochi.")
+        self.N, self.s, self.s_prime = N, s, s_prime
+
+    def synthetic_logits(self, anchors, keys, valid, anchor_index, total_anchors, seed):
+        """Cosine similarities of each anchor with its own synthetic negatives.
+
+        Args:
+            anchors: float Tensor `[A, dim]`, unit length (this replica's anchors).
+            keys: float Tensor `[Q, dim]`, unit length (the queue).
+            valid: bool Tensor `[Q]`, the written slots.
+            anchor_index: int32 Tensor `[A]`, each anchor's row in the global
+                batch of `total_anchors` (its random draws are that row's).
+            total_anchors: int32 scalar, anchors in the global batch.
+            seed: int32 Tensor `[2]`, stateless seed of this step and loss term.
+
+        Returns:
+            `(similarity, usable)`: float `[A, s + s_prime]` (pairs first,
+            then anchor mixes) and bool `[A, s + s_prime]`.
+        """
+        anchors = ops.convert_to_tensor(anchors)
+        keys = ops.cast(ops.stop_gradient(keys), anchors.dtype)
+        if keys.shape[0] is not None and self.N > keys.shape[0]:
+            raise ValueError(f"MoCHi's N={self.N} exceeds the queue's {keys.shape[0]} keys; lower N.")
+        similarity = ops.matmul(ops.stop_gradient(anchors), ops.transpose(keys))
+        similarity = ops.where(ops.expand_dims(valid, 0), similarity, float("-inf"))
+        hardest_similarity, hardest = ops.top_k(similarity, self.N)  # [A, N] each
+        hard_ok = hardest_similarity > float("-inf")
+        drawn = self.draws(seed, anchor_index, total_anchors)
+
+        def pick(choice):
+            """The chosen hard negatives: keys `[A, k, dim]` and whether each is a written slot `[A, k]`."""
+            slots = ops.take_along_axis(hardest, choice, axis=1)
+            return ops.take(keys, slots, axis=0), ops.take_along_axis(hard_ok, choice, axis=1)
+
+        def unit(x):
+            return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+        similarities, usable = [], []
+        if self.s:
+            first, first_ok = pick(drawn["first"])
+            second, second_ok = pick(drawn["second"])
+            alpha = ops.cast(drawn["alpha"], anchors.dtype)[..., None]
+            mixed = ops.stop_gradient(unit(alpha * first + (1.0 - alpha) * second))
+            similarities.append(ops.sum(anchors[:, None, :] * mixed, axis=-1))
+            usable.append(ops.logical_and(first_ok, second_ok))
+        if self.s_prime:
+            hard, hard_ok_q = pick(drawn["hard"])
+            beta = ops.cast(drawn["beta"], anchors.dtype)[..., None]
+            mixed = ops.stop_gradient(unit(beta * anchors[:, None, :] + (1.0 - beta) * hard))
+            similarities.append(ops.sum(anchors[:, None, :] * mixed, axis=-1))
+            usable.append(hard_ok_q)
+        return ops.concatenate(similarities, axis=1), ops.concatenate(usable, axis=1)
+
+    def draws(self, seed, anchor_index, total_anchors):
+        """The random choices of one step for the anchors `anchor_index` of a global batch of `total_anchors`.
+
+        Drawn for every anchor of the global batch, then this replica's rows are taken: N replicas draw what
+        one replica draws.
+
+        Returns:
+            dict of `[A, s]` tensors `first`, `second` (int32 ranks among the N hardest, 0 the hardest) and
+            `alpha` (float32 in [0, 1)); `[A, s_prime]` tensors `hard` (int32 ranks) and `beta` (float32 in
+            [0, 0.5)).
+        """
+        seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 5))
+        shapes = {"first": self.s, "second": self.s, "alpha": self.s, "hard": self.s_prime, "beta": self.s_prime}
+        ranges = {"first": (0, self.N), "second": (0, self.N), "alpha": (0.0, 1.0), "hard": (0, self.N)}
+        ranges["beta"] = (0.0, 0.5)
+        drawn = {}
+        for key_seed, name in zip(seeds, shapes):
+            low, high = ranges[name]
+            every = tf.random.stateless_uniform(
+                [total_anchors, shapes[name]],
+                key_seed,
+                minval=low,
+                maxval=high,
+                dtype=tf.int32 if isinstance(low, int) else tf.float32,
+            )
+            drawn[name] = ops.take(every, anchor_index, axis=0)
+        return drawn
+
+    def get_config(self):
+        return {"N": self.N, "s": self.s, "s_prime": self.s_prime}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -242,22 +242,37 @@ def bn_projection_head(args, encoder):
     return kc.heads.batch_norm_projection_head(kc.encoders.feature_dim(encoder), args.projection_dim)
 
 
-def add_queue_flag(parser):
-    """`--queue_size`, for the contrastive recipes."""
+def add_queue_flag(parser, mochi=True):
+    """`--queue_size` (and `--mochi`), for the contrastive recipes."""
     parser.add_argument(
         "--queue_size",
         type=at_least(0),
         default=0,
         help="keys of earlier steps kept as more negatives (kc.negatives.Queue, MoCo v2 style); 0: the batch only",
     )
+    if mochi:
+        parser.add_argument(
+            "--mochi",
+            type=at_least(0),
+            nargs=3,
+            metavar=("N", "S", "S_PRIME"),
+            default=None,
+            help="hard negative mixing from the queue (kc.negatives.MoCHi): the N hardest keys, s mixes of two, "
+            "s' mixes with the anchor; the paper's ImageNet-100 setting is 1024 1024 512",
+        )
     return parser
 
 
 def negatives(args, keep_labels=False):
-    """The --queue_size queue (a `kc.negatives.Queue`), or None for in-batch negatives only."""
+    """The --queue_size queue (a `kc.negatives.Queue`, with --mochi's mixing), or None for in-batch negatives only."""
+    mochi = getattr(args, "mochi", None)
     if not args.queue_size:
+        if mochi:
+            raise SystemExit("--mochi mixes keys of the queue: give --queue_size too.")
         return None
-    return kc.negatives.Queue(args.queue_size, keep_labels=keep_labels)
+    if mochi:
+        mochi = kc.negatives.MoCHi(N=mochi[0], s=mochi[1], s_prime=mochi[2])
+    return kc.negatives.Queue(args.queue_size, keep_labels=keep_labels, mochi=mochi or None)
 
 
 def parse_args(parser, argv=None):

@@ -41,7 +41,7 @@ def build_parser():
     # 2 epochs) had 85.7% under the then AdamW probe. recipes/supervised.py has the same budget, optimizer and views.
     # The preset's colour jitter s=0.5 stays: SimCLR's s=1.5 cost SupCon 1.1 points of kNN and of probe (89.62 / 90.20%).
     parser.set_defaults(optimizer="sgd", learning_rate=0.3, weight_decay=5e-4, epochs=3, crop_min=0.4)
-    common.add_queue_flag(parser)
+    common.add_queue_flag(parser, mochi=False)  # MoCHi's mixed keys have no labels
     return parser
 
 

@@ -307,3 +307,134 @@ def test_every_trainer_rebuilds_its_queue_from_its_config(cls):
     assert isinstance(clone.negatives, kc.negatives.Queue) and clone.negatives is not model.negatives
     assert (clone.negatives.size, clone.negatives.keep_labels, clone.negatives.dim) == (48, True, 8)
     assert cls.from_config(cls(tiny_encoder(), projection_dim=8, **kwargs).get_config()).negatives is None
+
+
+def mochi_reference(anchors, keys, valid, drawn, n_hardest):
+    """MoCHi's synthetic negatives (Kalantidis et al. eqs. 3-4) for the given draws, in float64 numpy."""
+    anchors, keys = unit_rows(anchors), unit_rows(keys)
+    similarity = np.where(valid, anchors @ keys.T, -np.inf)
+    similarities, usable = [], []
+    for a, q in enumerate(anchors):
+        hardest = np.argsort(-similarity[a], kind="stable")[:n_hardest]
+        ok = np.isfinite(similarity[a, hardest])
+        row, row_ok = [], []
+        for i, j, alpha in zip(drawn["first"][a], drawn["second"][a], drawn["alpha"][a]):
+            h = alpha * keys[hardest[i]] + (1 - alpha) * keys[hardest[j]]
+            row.append(q @ h / np.linalg.norm(h))
+            row_ok.append(ok[i] and ok[j])
+        for j, beta in zip(drawn["hard"][a], drawn["beta"][a]):
+            h = beta * q + (1 - beta) * keys[hardest[j]]
+            row.append(q @ h / np.linalg.norm(h))
+            row_ok.append(ok[j])
+        similarities.append(row)
+        usable.append(row_ok)
+    return np.array(similarities), np.array(usable)
+
+
+def test_mochi_mixes_each_anchors_hardest_keys_as_the_paper_defines(rng):
+    mochi = kc.negatives.MoCHi(N=4, s=6, s_prime=3)
+    anchors, keys = rng.normal(size=(5, 8)), rng.normal(size=(10, 8))
+    valid = np.array([True] * 7 + [False] * 3)
+    index, seed = np.array([3, 4, 5, 6, 7], "int32"), np.array([1, 2], "int32")
+    drawn = {name: value.numpy() for name, value in mochi.draws(seed, index, 8).items()}
+    assert drawn["first"].shape == (5, 6) and drawn["hard"].shape == (5, 3)
+    assert 0 <= drawn["first"].min() and drawn["second"].max() < 4 and drawn["hard"].max() < 4
+    assert 0 <= drawn["alpha"].min() and drawn["alpha"].max() < 1 and drawn["beta"].max() < 0.5
+    got, usable = mochi.synthetic_logits(unit_rows(anchors), unit_rows(keys), valid, index, 8, seed)
+    want, want_usable = mochi_reference(anchors, keys, valid, drawn, 4)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+    assert usable.numpy().all() and want_usable.all()  # 7 written slots >= N
+    # Anchors 3-7 of 8 draw what the whole batch's rows 3-7 draw (any replica split).
+    whole = mochi.draws(seed, np.arange(8, dtype="int32"), 8)
+    for name, value in whole.items():
+        np.testing.assert_array_equal(value.numpy()[3:], drawn[name])
+    # With 2 written slots, mixes that reach past them are left out; the draws are the same.
+    few = np.array([True, True] + [False] * 8)
+    _, usable = mochi.synthetic_logits(unit_rows(anchors), unit_rows(keys), few, index, 8, seed)
+    _, want_usable = mochi_reference(anchors, keys, few, drawn, 4)
+    np.testing.assert_array_equal(usable.numpy(), want_usable)
+    assert 0 < want_usable.sum() < want_usable.size
+
+
+def test_simclr_with_mochi_adds_the_steps_synthetic_negatives():
+    with cpu_strategy(1).scope():
+        model = kc.SimCLR(
+            tiny_encoder(),
+            temperature=0.2,
+            projection_dim=8,
+            negatives=kc.negatives.Queue(32, mochi=kc.negatives.MoCHi(N=8, s=5, s_prime=3)),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    first, second = random_views(8, seed=1), random_views(8, seed=2)
+    model.train_on_batch(first)
+    queued = model.negatives.ordered()[0]
+    loss = model.train_on_batch(second, return_dict=True)["loss"]
+    z1, z2 = projections(model, second)
+    seed = np.array([0, 2], "int32")  # the trainer's seed 0; step 1 (the second), term 0: 2 * 1 + 0
+    mochi = model.negatives.mochi
+    want = kc.losses.nt_xent(z1, z2, 0.2, queued, np.ones(16, bool), mochi, seed)
+    np.testing.assert_allclose(loss, float(want), rtol=1e-5)
+    plain = kc.losses.nt_xent(z1, z2, 0.2, queued, np.ones(16, bool))
+    assert float(want) > float(plain) + 1e-3  # the synthetic negatives count
+
+
+def build_moco(strategy, mochi, dtype="float32"):
+    with strategy.scope():
+        model = kc.MoCoV3(
+            tiny_encoder(),
+            temperature=0.2,
+            hidden_dim=16,
+            projection_dim=8,
+            total_steps=10,
+            negatives=kc.negatives.Queue(40, mochi=mochi, dtype=dtype),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return model
+
+
+def test_moco_v3_with_mochi_on_two_replicas_trains_as_one(float64):
+    """Hard negatives are drawn by each query's row in the global batch: 2 replicas draw what 1 draws."""
+    views, mochi = random_views(48), kc.negatives.MoCHi(N=16, s=12, s_prime=6)
+    reference = build_moco(cpu_strategy(1), mochi, "float64")
+    init = reference.get_weights()
+    ref_hist = train(reference, views)
+    model = build_moco(cpu_strategy(2), mochi, "float64")
+    model.set_weights(init)
+    hist = train(model, views)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    # The mixing changed the run: the same weights without MoCHi give another loss.
+    plain = build_moco(cpu_strategy(1), None, "float64")
+    plain.set_weights(init)
+    assert abs(train(plain, views)["loss"][0] - ref_hist["loss"][0]) > 1e-4
+
+
+def test_mochi_is_saved_with_its_queue_and_refused_where_it_has_no_meaning(tmp_path):
+    queue = kc.negatives.Queue(64, mochi=kc.negatives.MoCHi(N=32, s=16, s_prime=8))
+    model = kc.SimCLR(tiny_encoder(), projection_dim=8, negatives=queue)
+    path = str(tmp_path / "mochi.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path).negatives.mochi
+    assert (restored.N, restored.s, restored.s_prime) == (32, 16, 8)
+    with pytest.raises(ValueError, match="exceeds the queue's size"):
+        kc.negatives.Queue(16, mochi=kc.negatives.MoCHi(N=32))
+    with pytest.raises(ValueError, match="adds no negatives"):
+        kc.negatives.MoCHi(N=4, s=0, s_prime=0)
+    with pytest.raises(ValueError, match="SupCon cannot tell"):
+        kc.SupCon(tiny_encoder(), projection_dim=8, negatives=kc.negatives.Queue(64, True, mochi=kc.negatives.MoCHi(8)))
+    with pytest.raises(ValueError, match="positives, not negatives"):
+        kc.NNCLR(tiny_encoder(), support_set=kc.negatives.Queue(64, mochi=kc.negatives.MoCHi(8)))
+
+
+def test_mochi_compiles_under_xla_with_static_shapes():
+    """XLA draws other stateless numbers than the host, so this checks the compiled step, not its values."""
+    with cpu_strategy(1).scope():
+        model = kc.SimCLR(
+            tiny_encoder(),
+            projection_dim=8,
+            negatives=kc.negatives.Queue(32, mochi=kc.negatives.MoCHi(N=8, s=5, s_prime=3)),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=True)
+    history = train(model, random_views(32), batch=8, steps=3)
+    assert np.isfinite(history["loss"]).all() and int(model.negatives.filled.numpy()) == 32

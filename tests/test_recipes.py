@@ -728,6 +728,12 @@ def test_queue_size_gives_the_trainer_a_queue(recipe):
     assert (
         isinstance(queue, common.kc.negatives.Queue) and queue.size == 96 and queue.keep_labels == (recipe == "supcon")
     )
+    if recipe != "supcon":
+        args = common.parse_args(module.build_parser(), ["--queue_size", "96", "--mochi", "32", "16", "8"])
+        mochi = common.negatives(args).mochi
+        assert (mochi.N, mochi.s, mochi.s_prime) == (32, 16, 8)
+        with pytest.raises(SystemExit, match="give --queue_size"):
+            common.negatives(common.parse_args(module.build_parser(), ["--mochi", "32", "16", "8"]))
     source = open(os.path.join(ROOT, "recipes", f"{recipe}.py")).read()
     wanted = "common.negatives(args, keep_labels=True)" if recipe == "supcon" else "common.negatives(args)"
     assert f"negatives={wanted}" in source

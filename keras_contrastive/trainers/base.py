@@ -202,6 +202,11 @@ class ContrastiveTrainer(keras.Model):
             raise ValueError(f"The queue holds keys of dimension {negatives.dim}; this model's are {dim}.")
         self.negatives = negatives
 
+    def mochi_seed(self, training, term=0):
+        """The stateless seed `[2]` of MoCHi's draws in this step: the trainer's seed and the step (and loss term)."""
+        step = self.optimizer.iterations if (training and self.optimizer is not None) else 0
+        return tf.stack([tf.constant(self.seed, tf.int32), ops.cast(step, "int32") * 2 + term])
+
     def _set_concatenate_views(self, concatenate_views):
         if not isinstance(concatenate_views, bool):
             raise ValueError(f"`concatenate_views` must be True or False; got {concatenate_views!r}.")

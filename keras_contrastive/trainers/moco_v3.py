@@ -187,11 +187,13 @@ class MoCoV3(ContrastiveTrainer):
             ops.stop_gradient(self.momentum_projector(self.momentum_encoder(v, training=training), training=training))
             for v in views
         )
-        queued, valid = None, None
+        queued, valid, mochi = None, None, None
         if self.negatives is not None:
             queued, _, valid = self.negatives.contents()
-        loss = losses.info_nce(q1, k2, self.temperature, queued, valid)
-        loss += losses.info_nce(q2, k1, self.temperature, queued, valid)
+            mochi = self.negatives.mochi
+        seeds = [self.mochi_seed(training, term) if mochi is not None else None for term in (0, 1)]
+        loss = losses.info_nce(q1, k2, self.temperature, queued, valid, mochi, seeds[0])
+        loss += losses.info_nce(q2, k1, self.temperature, queued, valid, mochi, seeds[1])
         if self.negatives is not None and training:
             self.negatives.enqueue([losses.l2_normalize(k1), losses.l2_normalize(k2)])
         return loss, {"momentum": self.momentum(), **self.collapse_metrics(features, [q1, q2])}

@@ -103,6 +103,8 @@ class NNCLR(ContrastiveTrainer):
         self.predictor.build((None, self.projection_dim))
         if support_set is None:
             support_set = queues.Queue(16384, keep_labels=num_classes is not None)
+        if support_set is not None and getattr(support_set, "mochi", None) is not None:
+            raise ValueError("NNCLR's support set gives positives, not negatives: pass a queue without mochi.")
         # Held as `negatives` (the base's queue attribute: built, checked, saved); `support_set` names it here.
         self._set_negatives(support_set, self.projection_dim)
         if self.num_classes is not None and self.support_set.keep_labels:

@@ -127,10 +127,12 @@ class SimCLR(ContrastiveTrainer):
             stacked = ops.stack(per_view, axis=1)  # [batch, views, dim]
             return losses.multiview_nt_xent(stacked, self.temperature), self.collapse_metrics(features, per_view)
         z1, z2 = ops.split(z, 2, axis=0)
-        queued, valid = None, None
+        queued, valid, mochi = None, None, None
         if self.negatives is not None:
             queued, _, valid = self.negatives.contents()
-        logits, labels = losses.nt_xent_logits(z1, z2, self.temperature, queued, valid)
+            mochi = self.negatives.mochi
+        seed = self.mochi_seed(training) if mochi is not None else None
+        logits, labels = losses.nt_xent_logits(z1, z2, self.temperature, queued, valid, mochi, seed)
         loss = ops.mean(losses.cross_entropy_from_logits(logits, labels))
         accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == labels, "float32"))
         if self.negatives is not None and training:

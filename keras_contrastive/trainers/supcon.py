@@ -99,6 +99,11 @@ class SupCon(ContrastiveTrainer):
                 "SupCon's queue must keep the labels of its keys (positives are queued keys of the anchor's "
                 "class): pass kc.negatives.Queue(size, keep_labels=True)."
             )
+        if negatives is not None and getattr(negatives, "mochi", None) is not None:
+            raise ValueError(
+                "MoCHi's synthetic negatives have no labels, so SupCon cannot tell whether one is a positive: "
+                "use a queue without mochi here (MoCHi works with kc.SimCLR and kc.MoCoV3)."
+            )
         self._set_negatives(negatives, self.projection_head.compute_output_shape((None, self.feature_dim))[-1])
         self.built = True
 
