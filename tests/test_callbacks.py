@@ -76,7 +76,15 @@ def backups(directory):
     return sorted(n for n in os.listdir(directory) if n.endswith(".weights.h5"))
 
 
-@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3", "simclr_queue", "supcon_queue"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "simclr",
+        "supcon",
+        "moco_v3",
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_queue")),
+    ],
+)
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, method):
     reference = build(method)
     fit(reference, [])

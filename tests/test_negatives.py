@@ -392,6 +392,7 @@ def build_moco(strategy, mochi, dtype="float32"):
     return model
 
 
+@pytest.mark.slow
 def test_moco_v3_with_mochi_on_two_replicas_trains_as_one(float64):
     """Hard negatives are drawn by each query's row in the global batch: 2 replicas draw what 1 draws."""
     views, mochi = random_views(48), kc.negatives.MoCHi(N=16, s=12, s_prime=6)
