@@ -139,8 +139,9 @@ def shard(strategy, array):
 
 def assert_replicas_match_one_replica(build, num_replicas, views, labels=None):
     """Trains `build(strategy)` 3 steps on 1 and on `num_replicas` replicas from the
-    same weights and data; loss and every variable (both branches, BN statistics)
-    must agree to 1e-9 (run it under the `float64` fixture), and weights must move."""
+    same weights and data; loss and every variable (both branches, BN statistics,
+    a queue's keys and slots) must agree to 1e-9 (run it under the `float64`
+    fixture), and weights must move. Returns `(reference, model, init, reference_history)`."""
     reference = build(cpu_strategy(1))
     init = reference.get_weights()
     ref_hist = train(reference, views, labels)
@@ -151,10 +152,11 @@ def assert_replicas_match_one_replica(build, num_replicas, views, labels=None):
     ref_w, got_w = weights_of(reference), weights_of(model)
     assert len(ref_w) == len(got_w)
     for (path, want), (_, got) in zip(ref_w, got_w):
-        assert got.dtype == np.float64 or "iteration" in path
+        assert got.dtype == np.float64 or np.issubdtype(got.dtype, np.integer), path  # counters and slots: exact
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
     # The weights did move: the comparison is not between two untouched models.
     assert np.abs(ref_w[0][1] - init[0]).max() > 1e-3
+    return reference, model, init, ref_hist
 
 
 #: Python source for the start of a subprocess that must work without this package and

@@ -1,11 +1,11 @@
 import keras
 import numpy as np
 import pytest
+from conftest import assert_replicas_match_one_replica
 from conftest import cpu_strategy
 from conftest import random_views
 from conftest import tiny_encoder
 from conftest import train
-from conftest import weights_of
 
 import keras_contrastive as kc
 
@@ -130,18 +130,11 @@ def test_simclr_compares_with_the_previous_batches_and_enqueues_after_the_loss()
 def test_two_replicas_fill_the_queue_and_train_as_one(float64):
     """Three steps of 32 keys through 40 slots (it wraps around) on 1 and 2 replicas from the same weights:
     the same loss, weights and queue, slot by slot."""
-    views = random_views(48)
-    reference = build(cpu_strategy(1), learning_rate=0.05, dtype="float64")
-    init = reference.get_weights()
-    ref_hist = train(reference, views)
-    model = build(cpu_strategy(2), learning_rate=0.05, dtype="float64")
-    model.set_weights(init)
-    hist = train(model, views)
-    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
+    _, model, _, _ = assert_replicas_match_one_replica(
+        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64"), 2, random_views(48)
+    )
     assert int(model.negatives.filled.numpy()) == 40 and int(model.negatives.pointer.numpy()) == 96 % 40
-    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
-    assert np.abs(reference.negatives.keys.numpy()).max() > 0.1  # the queue was filled, not compared at zero
+    assert np.abs(model.negatives.keys.numpy()).max() > 0.1  # the queue was filled, not compared at zero
 
 
 def test_the_queue_is_saved_with_the_model_and_in_its_config(tmp_path):
@@ -279,15 +272,9 @@ def build_supcon(strategy, learning_rate=0.05, dtype="float32"):
 
 def test_supcon_enqueues_labelled_keys_and_two_replicas_train_as_one(float64):
     views, labels = random_views(48), np.arange(48) % 5
-    reference = build_supcon(cpu_strategy(1), dtype="float64")
-    init = reference.get_weights()
-    ref_hist = train(reference, views, labels)
-    model = build_supcon(cpu_strategy(2), dtype="float64")
-    model.set_weights(init)
-    hist = train(model, views, labels)
-    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
-    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    _, model, _, _ = assert_replicas_match_one_replica(
+        lambda strategy: build_supcon(strategy, dtype="float64"), 2, views, labels
+    )
     # The last step's 32 keys (16 images x 2 views, view-major) with their labels, then the 8 before them.
     kept, kept_labels = model.negatives.ordered()
     np.testing.assert_array_equal(kept_labels, np.concatenate([labels[24:32]] + [labels[32:48]] * 2))
@@ -396,15 +383,9 @@ def build_moco(strategy, mochi, dtype="float32"):
 def test_moco_v3_with_mochi_on_two_replicas_trains_as_one(float64):
     """Hard negatives are drawn by each query's row in the global batch: 2 replicas draw what 1 draws."""
     views, mochi = random_views(48), kc.negatives.MoCHi(N=16, s=12, s_prime=6)
-    reference = build_moco(cpu_strategy(1), mochi, "float64")
-    init = reference.get_weights()
-    ref_hist = train(reference, views)
-    model = build_moco(cpu_strategy(2), mochi, "float64")
-    model.set_weights(init)
-    hist = train(model, views)
-    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
-    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
+    _, _, init, ref_hist = assert_replicas_match_one_replica(
+        lambda strategy: build_moco(strategy, mochi, "float64"), 2, views
+    )
     # The mixing changed the run: the same weights without MoCHi give another loss.
     plain = build_moco(cpu_strategy(1), None, "float64")
     plain.set_weights(init)

@@ -1,11 +1,11 @@
 import keras
 import numpy as np
 import pytest
+from conftest import assert_replicas_match_one_replica
 from conftest import cpu_strategy
 from conftest import random_views
 from conftest import tiny_encoder
 from conftest import train
-from conftest import weights_of
 
 import keras_contrastive as kc
 
@@ -96,17 +96,9 @@ def test_a_view_is_its_own_neighbour_until_the_support_set_fills_then_its_neares
 
 def test_two_replicas_compute_what_one_replica_computes(float64):
     """Three steps of 16 first views through 40 slots on 1 and 2 replicas from the same weights."""
-    views = random_views(48)
-    reference = build(cpu_strategy(1), learning_rate=0.05, dtype="float64", size=40)
-    init = reference.get_weights()
-    ref_hist = train(reference, views)
-    model = build(cpu_strategy(2), learning_rate=0.05, dtype="float64", size=40)
-    model.set_weights(init)
-    hist = train(model, views)
-    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-9)
-    for (path, want), (_, got) in zip(weights_of(reference), weights_of(model)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
-    assert np.abs(weights_of(reference)[0][1] - init[0]).max() > 1e-3
+    _, model, _, _ = assert_replicas_match_one_replica(
+        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64", size=40), 2, random_views(48)
+    )
     assert int(model.support_set.filled.numpy()) == 40
 
 
