@@ -74,6 +74,7 @@ ROWS = [
     "recipe_supcon",
     "recipe_supervised",
     "recipe_nnclr",
+    "recipe_swav",
 ]
 
 
@@ -257,6 +258,7 @@ def row_name(args, row):
         "recipe_supcon": "recipes/supcon.py (two stages)",
         "recipe_supervised": "recipes/supervised.py (cross-entropy)",
         "recipe_nnclr": "recipes/nnclr.py",
+        "recipe_swav": "recipes/swav.py",
     }[row]
 
 

@@ -28,5 +28,6 @@ from keras_contrastive.trainers import NNCLR
 from keras_contrastive.trainers import MoCoV3
 from keras_contrastive.trainers import SimCLR
 from keras_contrastive.trainers import SupCon
+from keras_contrastive.trainers import SwAV
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 import keras
 from keras import layers
+from keras import ops
 
 from keras_contrastive import distribute
 from keras_contrastive.layers import batch_normalization
@@ -114,6 +115,70 @@ class ProjectionHead(keras.layers.Layer):
             synchronized_bn=self.synchronized_bn,
             output_use_bias=self.output_use_bias,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class Prototypes(keras.layers.Layer):
+    """SwAV's prototypes: K trainable unit vectors c_k, scored against unit embeddings.
+
+    The kernel `[dim, K]` holds one prototype per column. A `UnitNorm`
+    constraint puts every column back on the unit sphere after each optimizer
+    update (Keras applies variable constraints after `apply`), which is the
+    reference code's normalization of the prototypes before each forward
+    pass; they start normalized too. The scores are computed in float32 (in
+    float64 under a float64 policy), whatever the model's mixed precision.
+
+    Args:
+        num_prototypes: int >= 2. K. SwAV uses 3,000 on ImageNet (table 10).
+
+    Input: `[batch, dim]` embeddings (normalized here). Output: `[batch, K]`
+    cosine similarities z . c_k, in [-1, 1].
+
+    Example:
+
+    >>> prototypes = Prototypes(30)
+    >>> prototypes(np.ones((4, 8))).shape
+    TensorShape([4, 30])
+
+    References:
+        Caron, Misra, Mairal, Goyal, Bojanowski, Joulin. Unsupervised Learning
+        of Visual Features by Contrasting Cluster Assignments. NeurIPS 2020.
+    """
+
+    def __init__(self, num_prototypes, **kwargs):
+        # Scores in full precision: under a mixed policy the layer keeps float32 (the variables' dtype).
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = keras.config.dtype_policy().variable_dtype
+        super().__init__(**kwargs)
+        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 2:
+            raise ValueError(f"`num_prototypes` must be an int >= 2; got {num_prototypes!r}.")
+        self.num_prototypes = num_prototypes
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"Prototypes need the embeddings' static dimension; got shape {input_shape}.")
+        self.kernel = self.add_weight(
+            shape=(dim, self.num_prototypes),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=None),
+            constraint=keras.constraints.UnitNorm(axis=0),
+            name="kernel",
+        )
+        self.kernel.assign(self.kernel.constraint(self.kernel))
+        self.built = True
+
+    def call(self, x):
+        z = ops.cast(x, self.compute_dtype)
+        z = z * ops.rsqrt(ops.maximum(ops.sum(ops.square(z), axis=-1, keepdims=True), 1e-12))
+        return ops.matmul(z, ops.cast(self.kernel, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_prototypes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_prototypes=self.num_prototypes)
         return config
 
 

@@ -466,3 +466,92 @@ def nnclr_loss(neighbours, predictions, temperature=0.1):
     logits = ops.matmul(q, ops.transpose(ops.cast(p_all, q.dtype))) / temperature
     labels = ops.arange(n, dtype="int32") + distribute.global_offset(n)
     return ops.mean(cross_entropy_from_logits(logits, labels))
+
+
+def sinkhorn(scores, epsilon=0.05, iterations=3, valid=None):
+    """SwAV's codes: Sinkhorn-Knopp's equipartition of the global batch over the prototypes.
+
+    Q = exp(scores / epsilon), then `iterations` rounds of: scale each
+    prototype's column so that its mass is 1/K, scale each row so that its
+    mass is 1/B; returned times B, so every row (one embedding's soft
+    assignment) sums to 1 (Caron et al. 2020, section 3.1 and algorithm 1,
+    with the paper's 3 iterations and epsilon 0.05). B and the column sums
+    run over the global batch: the column sums are all-reduced across
+    replicas, so N replicas compute the codes one replica computes on the
+    same global batch. No gradient flows through the codes.
+
+    Args:
+        scores: Tensor `[rows, K]`: this replica's rows of prototype scores
+            (cosine similarities of unit embeddings with unit prototypes).
+        epsilon: float > 0. Entropy regularization: smaller gives harder
+            codes. Defaults to 0.05 (paper).
+        iterations: int >= 1. Defaults to 3 (paper).
+        valid: bool Tensor `[rows]` or None. Rows that are False take no
+            part (their codes are 0); e.g. the slots of a feature queue not
+            yet usable. Defaults to all rows.
+
+    Returns:
+        Codes `[rows, K]` (float32, float64 for float64 scores), rows summing to
+        1 (0 for rows that are not valid).
+
+    References:
+        Caron, Misra, Mairal, Goyal, Bojanowski, Joulin. Unsupervised Learning
+        of Visual Features by Contrasting Cluster Assignments. NeurIPS 2020.
+        Cuturi. Sinkhorn Distances. NeurIPS 2013.
+    """
+    if not (isinstance(epsilon, (int, float)) and epsilon > 0):
+        raise ValueError(f"`epsilon` must be a number > 0; got {epsilon!r}. SwAV uses 0.05 (0.03 with a queue).")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be an int >= 1; got {iterations!r}. SwAV uses 3.")
+    s = ops.stop_gradient(at_least_float32(scores))
+    # Subtracting the global maximum changes nothing after the first normalization but keeps exp() finite
+    # for any scores (unit vectors give |s| <= 1, but exp(1 / 0.05) times B*K entries is large in float32).
+    top = ops.max(distribute.all_gather(ops.reshape(ops.max(s), (1,))))
+    q = ops.exp((s - top) / epsilon)
+    if valid is None:
+        weight = ops.ones((ops.shape(s)[0], 1), s.dtype)
+    else:
+        weight = ops.cast(ops.reshape(valid, (-1, 1)), s.dtype)
+    q = q * weight
+    rows = distribute.all_reduce_sum(ops.sum(weight))  # B: the valid rows of the global batch
+    prototypes = ops.cast(ops.shape(s)[1], s.dtype)  # K
+    q = q / distribute.all_reduce_sum(ops.sum(q))
+    for _ in range(iterations):
+        q = q / (distribute.all_reduce_sum(ops.sum(q, axis=0, keepdims=True)) * prototypes)
+        row_mass = ops.sum(q, axis=1, keepdims=True)
+        # Rows that are not valid hold zeros; divide them by 1 instead of 0.
+        q = q / (ops.where(weight > 0, row_mass, 1.0) * rows)
+    return q * rows
+
+
+def swav_loss(scores, codes, temperature=0.1):
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1 and 2), mean over this replica's rows.
+
+        L = mean over assigned views i of ( mean over views v != i of
+            -sum_k q_i[k] log softmax(scores_v / t)[k] )
+
+    Each view's prototype scores predict the codes of the other (assigned)
+    views of the same image. The codes carry no gradient. Every term is per
+    row, so the mean over replicas' means is the global mean.
+
+    Args:
+        scores: list of `V` Tensors `[batch, K]`, the prototype scores of each view.
+        codes: list of `C <= V` Tensors `[batch, K]`: `codes[i]` are the codes
+            (`sinkhorn`) of view i (SwAV's "crops for assign", the 2 global views).
+        temperature: float > 0. Defaults to 0.1 (paper).
+
+    Returns:
+        float32 scalar (float64 for float64 inputs).
+    """
+    _check_temperature(temperature)
+    if len(scores) < 2 or not 1 <= len(codes) <= len(scores):
+        raise ValueError(
+            f"Need at least 2 views' scores and 1 to {len(scores)} views' codes; got {len(scores)} and {len(codes)}."
+        )
+    log_p = [ops.log_softmax(at_least_float32(s) / temperature, axis=1) for s in scores]
+    total = 0.0
+    for i, q in enumerate(codes):
+        q = ops.stop_gradient(ops.cast(q, log_p[0].dtype))
+        terms = [ops.mean(-ops.sum(q * lp, axis=1)) for v, lp in enumerate(log_p) if v != i]
+        total = total + ops.sum(ops.stack(terms)) / len(terms)
+    return total / len(codes)

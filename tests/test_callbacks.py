@@ -27,6 +27,17 @@ def build(method, seed=0):
         model = kc.SupCon(encoder, projection_dim=4, temperature=0.5)
     elif method == "supcon_queue":
         model = kc.SupCon(encoder, projection_dim=4, temperature=0.5, negatives=kc.negatives.Queue(200, True))
+    elif method == "swav_queue":
+        # A queue of 32 is full after 4 steps and clusters with the batch from step 5; the prototypes thaw at step 6,
+        # where the killed run resumes: queue, slots, prototypes and the step count must all come back.
+        model = kc.SwAV(
+            encoder,
+            num_prototypes=6,
+            freeze_prototypes_steps=6,
+            queue=kc.negatives.Queue(32),
+            projection_dim=4,
+            projection_hidden_dim=8,
+        )
     else:
         model = kc.MoCoV3(encoder, hidden_dim=8, projection_dim=4, total_steps=STEPS_PER_EPOCH * EPOCHS)
     # Momentum and a schedule: both must come back from a backup.
@@ -82,7 +93,7 @@ def backups(directory):
         "simclr",
         "supcon",
         "moco_v3",
-        *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_queue")),
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_queue", "swav_queue")),
     ],
 )
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, method):
@@ -108,8 +119,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, m
     fit(resumed, [backup, count], start_batch=backup.resume_step)
     assert count.batches == STEPS_PER_EPOCH * EPOCHS - 6
     assert int(resumed.optimizer.iterations.numpy()) == STEPS_PER_EPOCH * EPOCHS
-    if method.endswith("_queue"):  # the queue's keys, labels and slots are among the weights compared below
+    if method in ("simclr_queue", "supcon_queue"):  # the queue's keys, labels and slots are among the weights below
         assert int(resumed.negatives.filled.numpy()) == STEPS_PER_EPOCH * EPOCHS * 2 * BATCH
+    if method == "swav_queue":  # full, and wrapped round: the next slot is where 12 steps of 8 pairs leave it
+        assert (int(resumed.queue.filled.numpy()), int(resumed.queue.pointer.numpy())) == (32, 96 % 32)
     for (path, want), (_, got) in zip(weights_of(reference), weights_of(resumed)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=path)
     for want, got in zip(reference.optimizer.variables, resumed.optimizer.variables):

@@ -123,17 +123,31 @@ def _non_default_arguments(cls):
         "projector_layers": 3,
         "predictor_layers": 3,
         "concatenate_views": False,
+        "prediction_hidden_dim": 14,
+        "num_prototypes": 9,
+        "epsilon": 0.03,
+        "sinkhorn_iterations": 5,
+        "freeze_prototypes_steps": 17,
     }
     if cls is kc.MoCoV3:
         values["num_views"] = 2
     params = inspect.signature(cls.__init__).parameters
-    skip = {"self", "kwargs", "encoder", "augmenter", "projection_head", "negatives"}  # objects: own tests
+    skip = {
+        "self",
+        "kwargs",
+        "encoder",
+        "augmenter",
+        "projection_head",
+        "negatives",
+        "support_set",
+        "queue",
+    }  # objects: own tests
     missing = [name for name in params if name not in skip and name not in values]
     assert not missing, f"add test values for {missing}"
     return {name: values[name] for name in params if name not in skip}
 
 
-@pytest.mark.parametrize("cls", [kc.SimCLR, kc.SupCon, kc.MoCoV3])
+@pytest.mark.parametrize("cls", [kc.SimCLR, kc.SupCon, kc.MoCoV3, kc.NNCLR, kc.SwAV])
 def test_get_config_round_trips_every_constructor_argument(cls):
     arguments = _non_default_arguments(cls)
     model = cls(regularized_encoder(), kc.augment.SimCLRAugmenter(16, blur=False), **arguments)

@@ -295,6 +295,16 @@ class ContrastiveTrainer(keras.Model):
             f"Expected views [batch, {self.num_views}, H, W, C] or images [batch, H, W, C]; got shape {x.shape}."
         )
 
+    def process_gradients(self, gradients, variables):
+        """The gradients the optimizer applies, given those of the loss: a hook for methods
+        that hold some variables still for a while (SwAV's prototypes). The identity here.
+
+        Args:
+            gradients: list of Tensors (or None), one per variable.
+            variables: `optimized_variables`.
+        """
+        return gradients
+
     def regularized_layers(self):
         """The layers whose `losses` (weight and activity regularizers) join the loss.
 
@@ -400,7 +410,7 @@ class ContrastiveTrainer(keras.Model):
             total = total / ops.cast(distribute.num_replicas(), total.dtype)
             total = self.optimizer.scale_loss(total)
         variables = self.optimized_variables
-        gradients = tape.gradient(total, variables)
+        gradients = self.process_gradients(tape.gradient(total, variables), variables)
         self.optimizer.apply(gradients, variables)
         return distribute.keras_reducible(self._update_metrics(loss, extra, probe_loss, probe_logits, probe_labels))
 
@@ -451,7 +461,7 @@ class ContrastiveTrainer(keras.Model):
         config = dict(config)
         config["encoder"] = _deserialize(config["encoder"])
         config["augmenter"] = _deserialize(config.get("augmenter"))
-        for name in ("projection_head", "negatives", "support_set"):  # trainers that take any head or a queue
+        for name in ("projection_head", "negatives", "support_set", "queue"):  # trainers that take any head or a queue
             if config.get(name) is not None:
                 config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
