@@ -644,3 +644,47 @@ def moco_v3_augmenters(image_size, seed=None, implementation="keras_contrastive"
 from keras_contrastive.layer_augmenter import LayerAugmenter  # noqa: E402, F401
 from keras_contrastive.layer_augmenter import as_augmenter  # noqa: E402, F401
 from keras_contrastive.layer_augmenter import keras_cv_augmenter  # noqa: E402
+
+
+def multi_crop_augmenters(
+    global_size,
+    local_size,
+    num_local=6,
+    global_crop_area=(0.14, 1.0),
+    local_crop_area=(0.05, 0.14),
+    implementation="keras_contrastive",
+    channels=3,
+    **overrides,
+):
+    """Multi-crop (Caron et al. 2020, section 3.2): 2 global views and `num_local` small ones, one augmenter per view.
+
+    The small views cover small parts of the image at a low resolution, so
+    they add views at a fraction of the compute; their features are compared
+    with the global views' (SwAV predicts the global views' codes from all
+    views). Pass the list as a trainer's `augmenter` with `num_views=2 +
+    num_local`; `contrastive_views` then yields a tuple of two groups,
+    `[batch, 2, G, G, C]` and `[batch, num_local, L, L, C]`, and the trainer
+    encodes each group in one call with the same encoder weights.
+
+    Args:
+        global_size: int or `(height, width)`. The paper: 224.
+        local_size: int or `(height, width)`. The paper: 96.
+        num_local: int >= 1. The paper: 6 (table 3 also reports 2 and 4).
+        global_crop_area: `(min, max)` area fraction of the global crops. The
+            paper: (0.14, 1).
+        local_crop_area: `(min, max)` of the small crops. The paper: (0.05, 0.14).
+        implementation: "keras_contrastive" or "keras_cv" (see `simclr_preset`).
+        channels: int. Image channels, for the keras-cv pipeline. Defaults to 3.
+        **overrides: other `SimCLRAugmenter` arguments for every view (e.g.
+            `blur=False`, `color_jitter_strength=0.8`, `seed=`).
+
+    Returns:
+        `[global, global, local, ...]`: 2 + `num_local` augmenters (the same
+        object for every view of a kind; each view draws its own seed).
+    """
+    if isinstance(num_local, bool) or not isinstance(num_local, int) or num_local < 1:
+        raise ValueError(f"`num_local` must be an int >= 1; got {num_local!r}.")
+    _check_implementation(implementation)
+    big = _build(global_size, implementation, channels, **{**overrides, "crop_area": tuple(global_crop_area)})
+    small = _build(local_size, implementation, channels, **{**overrides, "crop_area": tuple(local_crop_area)})
+    return [big, big] + [small] * num_local

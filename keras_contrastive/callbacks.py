@@ -15,13 +15,25 @@ def view_pairs_grid(views, max_images=8):
     """Tiles augmented views into one image: one row per image, one column per view.
 
     Args:
-        views: float `[batch, num_views, H, W, C]` in [0, 1].
+        views: float `[batch, num_views, H, W, C]` in [0, 1], or multi-crop's
+            tuple of such groups of different sizes: the smaller views are
+            drawn at their own size in the top-left corner of a white tile,
+            so the picture shows how much of the image they see.
         max_images: int. Rows to show. Defaults to 8.
 
     Returns:
         float32 numpy `[rows * H, num_views * W, 3]` in [0, 1] (1-channel
         views are repeated to RGB), with a 1-pixel white border between tiles.
     """
+    if isinstance(views, (tuple, list)):
+        groups = [np.asarray(g, "float32")[:max_images] for g in views]
+        if any(g.ndim != 5 for g in groups):
+            raise ValueError(
+                f"Expected groups of views [batch, views, H, W, C]; got shapes {[g.shape for g in groups]}."
+            )
+        height, width = max(g.shape[2] for g in groups), max(g.shape[3] for g in groups)
+        pad = [[(0, 0), (0, 0), (0, height - g.shape[2]), (0, width - g.shape[3]), (0, 0)] for g in groups]
+        views = np.concatenate([np.pad(g, p, constant_values=1.0) for g, p in zip(groups, pad)], axis=1)
     views = np.asarray(views, "float32")[:max_images]
     if views.ndim != 5:
         raise ValueError(f"Expected views [batch, num_views, H, W, C]; got shape {views.shape}.")

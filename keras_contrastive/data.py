@@ -532,7 +532,12 @@ def contrastive_views(
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
         `dataset` yields images only. `views` is `float32` of shape
-        `[batch, num_views, h, w, C']`, `labels` is `[batch]`.
+        `[batch, num_views, h, w, C']`, `labels` is `[batch]`. When the
+        augmenters give views of several sizes (multi-crop, e.g.
+        `kc.augment.multi_crop_augmenters`), `views` is a tuple of such
+        tensors, one per run of consecutive views of one size, each of
+        static shape (`(views,)` without labels, so `fit` reads it as x);
+        the trainers take either.
 
     Raises:
         ValueError: if an argument is invalid, or if `drop_remainder=True`
@@ -663,17 +668,24 @@ def contrastive_views(
             tf.debugging.assert_greater_equal(tf.reduce_min(view), -layer_augmenter.RANGE_TOLERANCE, message=message)
             tf.debugging.assert_less_equal(tf.reduce_max(view), 1.0 + layer_augmenter.RANGE_TOLERANCE, message=message)
             views.append(view)
-        shapes = [view.shape for view in views]
-        if any(not shape.is_compatible_with(shapes[0]) for shape in shapes):
+        # Views of one size are stacked on axis 1; views of several sizes (multi-crop: 2 global and k small
+        # crops) become a tuple of such stacks, one per run of consecutive views of one size.
+        groups = []
+        for view in views:
+            if groups and groups[-1][0].shape[1:] == view.shape[1:] and view.shape[1:].is_fully_defined():
+                groups[-1].append(view)
+            else:
+                groups.append([view])
+        if len(groups) > 1 and not all(g[0].shape[1:].is_fully_defined() for g in groups):
             raise ValueError(
-                "All views must have the same shape to be stacked. The "
-                f"augmenters returned shapes {[list(s) for s in shapes]}; make "
-                "them crop/resize to one output size."
+                "Views of several sizes (multi-crop) need augmenters with static output sizes; got shapes "
+                f"{[list(v.shape) for v in views]}."
             )
-        views = tf.stack(views, axis=1)
+        views = tf.stack(views, axis=1) if len(groups) == 1 else tuple(tf.stack(g, axis=1) for g in groups)
         if has_labels:
             return views, element[1]
-        return views
+        # A bare tuple of groups would read as (x, y) to `fit`: wrap it.
+        return (views,) if isinstance(views, tuple) else views
 
     # One random key per batch, re-drawn on every pass over the data (each
     # epoch), yet the same sequence for the same seed.

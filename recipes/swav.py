@@ -12,7 +12,8 @@ projections to Sinkhorn's equipartition (it joins once full). The data, augmenta
 are SimCLR's recipe defaults for Fashion-MNIST (recipes/simclr.py; 2 epochs at batch 256, SGD 0.3 with
 coupled weight decay 5e-4, colour jitter 1.5, `--precision auto`), so the two read side by side; 300
 prototypes (30 per class, as the paper's 3,000 for ImageNet's 1,000 classes is 3 per class: over-clustering
-helps, its table 8), frozen for 100 steps (a fifth of the run, as the paper's one epoch of 400-800). Expected
+helps, its table 8), frozen for 100 steps (a fifth of the run, as the paper's one epoch of 400-800).
+`--num_local_crops K` adds multi-crop's K small views (`--local_size`, crops of 5-14% of the image). Expected
 on 2 CPU cores: see benchmarks/RESULTS.md.
 
 Scaled to the paper's ImageNet setting without multi-crop (on accelerators, data prepared for tfds):
@@ -48,6 +49,15 @@ def build_parser():
         default=0,
         help="earlier projections that join Sinkhorn's equipartition (the paper: 3840 at batch 256); 0: none",
     )
+    parser.add_argument(
+        "--num_local_crops",
+        type=common.at_least(0),
+        default=0,
+        help="multi-crop: small views per image besides the 2 global ones (the paper: 6); 0: 2 views",
+    )
+    parser.add_argument(
+        "--local_size", type=common.at_least(1), default=None, help="their size; default: image_size * 96 / 224"
+    )
     parser.add_argument("--projection_hidden_dim", type=common.at_least(1), default=2048)
     # SimCLR's Fashion-MNIST defaults (recipes/simclr.py).
     parser.set_defaults(
@@ -63,6 +73,18 @@ def build_parser():
     return parser
 
 
+def multi_crop(args, augmenter, data):
+    """The 2 global views as --augment makes them, and --num_local_crops small ones of the paper's areas (5-14%)."""
+    if data.crop is not None or not isinstance(augmenter, kc.augment.SimCLRAugmenter):
+        raise SystemExit(
+            "--num_local_crops needs the batched augmenter (Fashion-MNIST or arrays, --augment_with keras_contrastive): "
+            "crops drawn per image at full resolution (folders, tfds) make views of one size for now."
+        )
+    size = args.local_size or max(1, round(args.image_size * 96 / 224))
+    config = dict(augmenter.get_config(), image_size=(size, size), crop_area=(0.05, 0.14), name="local_crops")
+    return [augmenter, augmenter] + [kc.augment.SimCLRAugmenter.from_config(config)] * args.num_local_crops
+
+
 def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     strategy = common.start(args)  # first: multi-worker strategies must exist before any TF op
@@ -72,6 +94,8 @@ def main(argv=None):
 
     # 2. Augmentation: two views per image, made on the host in tf.data.
     augmenter = common.augmenter(args, channels=data.image_shape[-1], crop=data.crop)
+    if args.num_local_crops:
+        augmenter = multi_crop(args, augmenter, data)
 
     # 3. Encoder and trainer: projection head, prototypes and the optional feature queue.
     with strategy.scope():
@@ -89,6 +113,7 @@ def main(argv=None):
             projection_hidden_dim=args.projection_hidden_dim,
             num_classes=data.num_classes,
             seed=args.seed,
+            num_views=2 + args.num_local_crops,
         )
 
         # 4. Optimizer and schedule (the rate scaled by the global batch, warmup + cosine).

@@ -348,3 +348,15 @@ def test_a_whole_image_crop_is_skipped_with_the_same_views(monkeypatch):
     assert augment.SimCLRAugmenter(16, crop_area=(1.0, 1.0), crop_aspect_ratio=(1.0, 1.0))(images, seed=[0, 0]).shape[
         1:3
     ] == (16, 16)
+
+
+def test_multi_crop_augmenters_give_two_global_and_k_small_views_of_the_papers_areas():
+    views = augment.multi_crop_augmenters(32, 12, num_local=3, blur=False, seed=0)
+    assert len(views) == 5 and views[0] is views[1] and views[2] is views[4] and views[0] is not views[2]
+    assert (views[0].image_size, views[0].crop_area) == ((32, 32), (0.14, 1.0))
+    assert (views[2].image_size, views[2].crop_area) == ((12, 12), (0.05, 0.14))
+    assert views[2].color_jitter_strength == views[0].color_jitter_strength and views[2].blur is False
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    assert views[2](images, seed=[0, 2]).shape == (2, 12, 12, 3)
+    with pytest.raises(ValueError, match="`num_local` must be an int >= 1"):
+        augment.multi_crop_augmenters(32, 12, num_local=0)

@@ -203,6 +203,17 @@ def test_view_pairs_grid_puts_each_image_on_a_row():
     np.testing.assert_array_equal(grid[6 + 1 : 6 + 5, 1:5], 0.0)  # image 1, view 0
 
 
+def test_view_pairs_grid_draws_multi_crops_small_views_at_their_size_on_white():
+    big, small = np.zeros((2, 2, 4, 4, 1), "float32"), np.full((2, 3, 2, 2, 1), 0.5, "float32")
+    grid = kc.callbacks.view_pairs_grid((big, small))
+    assert grid.shape == (2 * 6, 5 * 6, 3)
+    np.testing.assert_array_equal(grid[1:5, 1:5], 0.0)  # image 0, global view 0
+    tile = grid[1:5, 2 * 6 + 1 : 2 * 6 + 5]  # image 0, the first small view: 2x2 of grey, the rest white
+    np.testing.assert_array_equal(tile[:2, :2], 0.5)
+    np.testing.assert_array_equal(tile[2:], 1.0)
+    np.testing.assert_array_equal(tile[:, 2:], 1.0)
+
+
 def test_tensorboard_writes_every_epochs_metrics_with_a_batch_update_freq(tmp_path):
     """3 steps per epoch at `update_freq=20`: Keras 3.15's callback drops the epoch scalars (its batch-level
     `record_if` is still open); ours writes epoch_loss for both epochs."""

@@ -566,6 +566,27 @@ def test_views_list_of_augmenters_and_images_only(small):
     np.testing.assert_allclose(views[:, 1], 1.0 - x[:5] / 255.0, atol=1e-6)
 
 
+def test_views_of_several_sizes_come_as_one_static_group_per_size(small):
+    """Multi-crop: 2 views at 8x8 and 3 at 4x4 give a tuple of two stacks; each view keeps its seed [key, v]."""
+    x, y = small
+
+    def shrunk(images, seed):
+        return tf.image.resize(seed_augmenter(images, seed), (4, 4))
+
+    augmenters = [seed_augmenter, seed_augmenter, shrunk, shrunk, shrunk]
+    ds = data.contrastive_views(data.load((x, y)), augmenters, batch_size=4, num_views=5)
+    (big, small_views), labels = ds.element_spec
+    assert big.shape.as_list() == [4, 2, 8, 8, 1] and small_views.shape.as_list() == [4, 3, 4, 4, 1]
+    (big, small_views), labels = next(iter(ds))
+    for v in range(5):
+        group, index = (big, v) if v < 2 else (small_views, v - 2)
+        np.testing.assert_allclose(group[:, index].numpy(), v / 4)
+    # Without labels the groups are wrapped, so `fit` reads them as x, not as (x, y).
+    unlabelled = data.contrastive_views(data.load(x), augmenters, batch_size=4, num_views=5)
+    assert isinstance(unlabelled.element_spec, tuple) and len(unlabelled.element_spec) == 1
+    assert len(unlabelled.element_spec[0]) == 2
+
+
 def test_views_repeat_and_remainder(small):
     x, y = small
     repeated = data.contrastive_views(data.load((x, y)), seed_augmenter, batch_size=4, repeat=True)
@@ -619,11 +640,11 @@ def test_views_bad_arguments(small):
     with pytest.raises(ValueError, match="float images"):
         data.contrastive_views(ds, lambda images, seed: images, batch_size=2)
 
-    def cropping(images, seed):
-        return noisy_augmenter(images, seed)[:, 1:]
+    def dynamic(images, seed):  # a size known only when it runs: views of several sizes need static ones
+        return tf.image.resize(noisy_augmenter(images, seed), tf.fill([2], 7 + 0 * seed[0]))
 
-    with pytest.raises(ValueError, match="same shape"):
-        data.contrastive_views(ds, [noisy_augmenter, cropping], batch_size=2)
+    with pytest.raises(ValueError, match="static output sizes"):
+        data.contrastive_views(ds, [noisy_augmenter, dynamic], batch_size=2)
     with pytest.raises(ValueError, match="tf.data.Dataset"):
         data.contrastive_views(x, noisy_augmenter, batch_size=2)
 

@@ -736,6 +736,25 @@ def test_the_imagenet_recipes_run_at_224_through_tfds_and_a_folder_of_real_jpegs
     assert next(iter(embeddings.values())).shape[0] == 2
 
 
+def test_swav_recipe_multi_crop_flags_give_two_global_and_k_local_augmenters():
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import importlib
+
+    import common
+
+    swav = importlib.import_module("swav")
+    args = common.parse_args(swav.build_parser(), ["--num_local_crops", "3"])
+    batched = type("Data", (), {"crop": None})()
+    views = swav.multi_crop(args, common.augmenter(args, channels=1), batched)
+    assert len(views) == 5 and views[0] is views[1] and views[2] is views[4]
+    assert views[0].image_size == (28, 28) and views[2].image_size == (12, 12)  # 28 * 96 / 224
+    assert views[2].crop_area == (0.05, 0.14) and views[0].crop_area == common.augmenter(args).crop_area
+    assert views[2].color_jitter_strength == views[0].color_jitter_strength == 1.5
+    per_image = type("Data", (), {"crop": object()})()
+    with pytest.raises(SystemExit, match="--num_local_crops needs the batched augmenter"):
+        swav.multi_crop(args, views[0], per_image)
+
+
 @pytest.mark.parametrize("recipe", ["simclr", "mocov3", "supcon"])
 def test_queue_size_gives_the_trainer_a_queue(recipe):
     """`--queue_size` (issue 14) becomes the trainer's `kc.negatives.Queue`; SupCon's keeps labels. (The MoCo v3

@@ -271,3 +271,22 @@ def test_a_custom_projection_head_is_trained_and_saved(tmp_path):
     np.testing.assert_allclose(loaded.projection_head(features), head(features), atol=1e-6)
     with pytest.raises(ValueError, match="projection_head"):
         kc.SimCLR(tiny_encoder(synchronized_bn=False), projection_head=lambda x: x)
+
+
+def test_multi_crop_views_of_two_sizes_train_with_multiview_nt_xent():
+    """2 views at 16x16 and 3 at 8x8 (kc.augment.multi_crop_augmenters' groups): every other view is a positive."""
+    with cpu_strategy(1).scope():
+        model = kc.SimCLR(tiny_encoder(), temperature=0.2, projection_dim=8, num_views=5)
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    big, small = random_views(8), random_views(8, size=8, seed=1, num_views=3)
+    loss = model.train_on_batch((big, small), return_dict=True)["loss"]
+    at_8 = tiny_encoder(size=8)  # the same weights at the small size, built on its own
+    at_8.set_weights(model.encoder.get_weights())
+    features = np.concatenate(
+        [
+            model.encoder(np.concatenate([big[:, 0], big[:, 1]]), training=True),
+            at_8(np.concatenate([small[:, v] for v in range(3)]), training=True),
+        ]
+    )
+    z = np.stack(np.split(model.projection_head(features, training=True).numpy(), 5), axis=1)
+    np.testing.assert_allclose(loss, float(kc.losses.multiview_nt_xent(z, 0.2)), rtol=1e-5)

@@ -234,3 +234,49 @@ def test_swav_refuses_what_it_cannot_train():
     model = build(cpu_strategy(2), queue_size=25)
     with pytest.raises(ValueError, match="divisible by the number of replicas"):
         model.train_on_batch(random_views(8))
+
+
+def multi_crop_views(n=8, seed=0):
+    """Multi-crop groups as `contrastive_views` yields them: 2 views at 16x16, 3 at 8x8."""
+    return random_views(n, seed=seed), random_views(n, size=8, seed=seed + 1, num_views=3)
+
+
+def test_multi_crop_encodes_each_size_in_one_call_and_every_view_predicts_the_global_codes():
+    model = build(cpu_strategy(1), num_views=5)
+    big, small = multi_crop_views()
+    logs = model.train_on_batch((big, small), return_dict=True)
+    # By hand, with an encoder of its own built at 8x8 and given the same weights: the step's shared layers.
+    at_8 = tiny_encoder(size=8)
+    at_8.set_weights(model.encoder.get_weights())
+    features = np.concatenate(
+        [
+            model.encoder(np.concatenate([big[:, 0], big[:, 1]]), training=True),
+            at_8(np.concatenate([small[:, v] for v in range(3)]), training=True),
+        ]
+    )
+    z = unit_rows(model.projection_head(features, training=True))
+    scores = np.split(z @ model.prototypes.kernel.numpy(), 5)
+    codes = [sinkhorn_reference(s, 0.1, 3) for s in scores[:2]]
+    np.testing.assert_allclose(logs["loss"], swav_reference(scores, codes, 0.2), rtol=1e-5)
+    fresh = build(cpu_strategy(1), num_views=5)
+    with pytest.raises(ValueError, match="takes 5 views per image; the groups hold \\[2, 2\\]"):
+        fresh.train_on_batch((big, small[:, :2]))
+
+
+def test_multi_crop_under_jit_compile_matches_the_eager_step():
+    eager, jit = build(cpu_strategy(1), 0.05, num_views=5), build(cpu_strategy(1), 0.05, num_views=5)
+    jit.set_weights(eager.get_weights())
+    jit.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+    for seed in (0, 2):
+        groups = multi_crop_views(seed=seed)
+        np.testing.assert_allclose(jit.train_on_batch(groups), eager.train_on_batch(groups), rtol=1e-4)
+    np.testing.assert_allclose(jit.encoder.get_weights()[0], eager.encoder.get_weights()[0], atol=1e-5)
+
+
+def test_multi_crop_on_two_replicas_trains_as_one(float64):
+    big, small = multi_crop_views(48)
+    assert_replicas_match_one_replica(
+        lambda strategy: build(strategy, learning_rate=0.05, queue_size=32, freeze=1, dtype="float64", num_views=5),
+        2,
+        ((big, small),),
+    )

@@ -62,6 +62,17 @@ def _warn_if_unsynchronized(encoder):
         )
 
 
+def _runs_of_one_size(views):
+    """Consecutive views of one static shape, grouped: `[[v0, v1], [v2, v3, v4]]` for 2 global + 3 local crops."""
+    runs = []
+    for view in views:
+        if runs and tuple(runs[-1][0].shape[1:]) == tuple(view.shape[1:]):
+            runs[-1].append(view)
+        else:
+            runs.append([view])
+    return runs
+
+
 class ContrastiveTrainer(keras.Model):
     """Base class: encoder + augmenter + online probe + the custom step.
 
@@ -266,7 +277,21 @@ class ContrastiveTrainer(keras.Model):
         return self.augmenter
 
     def _to_views(self, x, training):
-        """`[batch, V, H, W, C]` views from either views or raw images."""
+        """The list of `num_views` views `[batch, H, W, C]` from views, groups of views (multi-crop) or raw images."""
+        if isinstance(x, (tuple, list)):
+            # Multi-crop: one `[batch, V_g, H_g, W_g, C]` tensor per crop size (`contrastive_views` groups them).
+            groups = [tf.convert_to_tensor(g) for g in x]
+            if any(g.shape.rank != 5 or g.shape[1] is None for g in groups):
+                raise ValueError(
+                    "Multi-crop views come as a tuple of groups [batch, views, H, W, C], one per crop size; got "
+                    f"shapes {[list(g.shape) for g in groups]}."
+                )
+            if sum(g.shape[1] for g in groups) != self.num_views:
+                raise ValueError(
+                    f"{type(self).__name__} takes {self.num_views} views per image; the groups hold "
+                    f"{[g.shape[1] for g in groups]} (shapes {[list(g.shape) for g in groups]})."
+                )
+            return [ops.cast(g[:, v], "float32") for g in groups for v in range(g.shape[1])]
         x = tf.convert_to_tensor(x)
         rank = x.shape.rank
         if rank == 5:
@@ -304,6 +329,31 @@ class ContrastiveTrainer(keras.Model):
             variables: `optimized_variables`.
         """
         return gradients
+
+    def _encoder_at(self, shape):
+        """The encoder, for images of `shape` `[batch, H, W, C]`: itself at its input size; at another size
+        (multi-crop's small views) the same layers, and so the same weights, on an input of that size."""
+        try:
+            expected = tuple(self.encoder.input_shape[1:])
+        except (AttributeError, ValueError):  # a subclassed encoder: it takes whatever its `call` takes
+            return self.encoder
+        size = tuple(shape[1:])
+        if size == expected or None in size:
+            return self.encoder
+        # Not tracked as a sub-layer: it holds no variables of its own, and saved models must not count them twice.
+        cache = self.__dict__.setdefault("_resized_encoders", {})
+        if size not in cache:
+            try:
+                cache[size] = keras.models.clone_model(
+                    self.encoder, input_tensors=keras.Input(size), clone_function=lambda layer: layer
+                )
+            except Exception as error:
+                raise ValueError(
+                    f"Views of size {size} cannot pass through this encoder (built for {expected}): {error}. "
+                    "Multi-crop needs an encoder whose layers take any image size (the ResNets do; a ViT's "
+                    "position embeddings do not)."
+                ) from error
+        return cache[size]
 
     def regularized_layers(self):
         """The layers whose `losses` (weight and activity regularizers) join the loss.
@@ -368,11 +418,15 @@ class ContrastiveTrainer(keras.Model):
         views = self._to_views(x, training)
         if self.concatenate_views:
             # One encoder call on all views: BatchNorm statistics cover the 2N
-            # views together, as in SimCLR's reference code.
-            features = self.encoder(ops.concatenate(views, axis=0), training=training)
-            features = ops.split(features, self.num_views, axis=0)
+            # views together, as in SimCLR's reference code. Views of several
+            # sizes (multi-crop): one call per run of views of one size, as
+            # SwAV's reference code does.
+            features = []
+            for group in _runs_of_one_size(views):
+                encoded = self._encoder_at(group[0].shape)(ops.concatenate(group, axis=0), training=training)
+                features.extend(ops.split(encoded, len(group), axis=0) if len(group) > 1 else [encoded])
         else:
-            features = [self.encoder(view, training=training) for view in views]
+            features = [self._encoder_at(view.shape)(view, training=training) for view in views]
         loss, extra = self.contrastive_loss(features, y, training=training, views=views)
         penalty = self.regularization_loss()
         if penalty is not None:
