@@ -142,3 +142,18 @@ def test_short_run_on_real_fashion_mnist_lowers_the_loss():
     )
     after = model.evaluate(*held_out, batch_size=256, verbose=0, return_dict=True)["loss"]
     assert after < before - 0.3, (before, after)
+
+
+def test_multi_crop_views_of_two_sizes_with_one_encoder_call_per_view():
+    """concatenate_views=False with 2 views at 16x16 and 2 at 8x8: each view alone through the encoder and head."""
+    with cpu_strategy(1).scope():
+        model = kc.SupCon(tiny_encoder(), temperature=0.2, projection_dim=8, num_views=4, concatenate_views=False)
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    big, small = random_views(8), random_views(8, size=8, seed=1)
+    labels = np.arange(8) % 3
+    loss = model.train_on_batch((big, small), labels, return_dict=True)["loss"]
+    at_8 = tiny_encoder(size=8)  # the same weights at the small size, built on its own
+    at_8.set_weights(model.encoder.get_weights())
+    views = [(model.encoder, big[:, 0]), (model.encoder, big[:, 1]), (at_8, small[:, 0]), (at_8, small[:, 1])]
+    z = np.stack([model.projection_head(e(v, training=True), training=True) for e, v in views], axis=1)
+    np.testing.assert_allclose(loss, float(kc.losses.supcon(z, labels, 0.2, model.base_temperature)), rtol=1e-5)
