@@ -136,6 +136,11 @@ def by_hand(model, views):
     return np.split(z, num_views), np.split(scores, num_views)
 
 
+def multi_crop_views(n=8, seed=0):
+    """Multi-crop groups as `contrastive_views` yields them: 2 views at 16x16, 3 at 8x8."""
+    return random_views(n, seed=seed), random_views(n, size=8, seed=seed + 1, num_views=3)
+
+
 def test_a_step_predicts_the_other_views_codes_and_reports_prototype_usage():
     model = build(cpu_strategy(1), num_views=3)  # learning rate 0: the step's numbers can be recomputed
     views = random_views(8, num_views=3)
@@ -184,24 +189,27 @@ def test_prototypes_stay_frozen_for_the_first_steps_then_learn_on_the_sphere():
 
 @pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_replicas_compute_what_one_replica_computes(num_replicas, float64):
-    """Three steps of 16 through a queue of 32 (full, and so used, at step 3), prototypes free from step 2."""
+    """Three steps of 16 multi-crop images (2 views at 16x16, 3 at 8x8) through a queue of 32 (full, and so used, at
+    step 3), prototypes free from step 2."""
     _, model, _, _ = assert_replicas_match_one_replica(
-        lambda strategy: build(strategy, learning_rate=0.05, queue_size=32, freeze=1, dtype="float64"),
+        lambda strategy: build(strategy, learning_rate=0.05, queue_size=32, freeze=1, dtype="float64", num_views=5),
         num_replicas,
-        random_views(48),
+        (multi_crop_views(48),),
     )
     assert int(model.queue.filled.numpy()) == 32
 
 
 def test_swav_under_jit_compile_matches_the_eager_step():
-    views = random_views(16)
-    eager, jit = build(cpu_strategy(1), 0.05, queue_size=8), build(cpu_strategy(1), 0.05, queue_size=8)
+    """Multi-crop groups (each of static shape) and a queue of 16, full at step 2, under XLA."""
+    models = [build(cpu_strategy(1), 0.05, queue_size=16, num_views=5) for _ in range(2)]
+    eager, jit = models
     jit.set_weights(eager.get_weights())
     jit.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
-    for step in range(2):
-        batch = views[8 * step : 8 * step + 8]
-        np.testing.assert_allclose(jit.train_on_batch(batch), eager.train_on_batch(batch), rtol=1e-4)
+    for seed in (0, 2, 4):
+        groups = multi_crop_views(seed=seed)
+        np.testing.assert_allclose(jit.train_on_batch(groups), eager.train_on_batch(groups), rtol=1e-4)
     np.testing.assert_allclose(jit.prototypes.kernel.numpy(), eager.prototypes.kernel.numpy(), atol=1e-4)
+    np.testing.assert_allclose(jit.encoder.get_weights()[0], eager.encoder.get_weights()[0], atol=1e-5)
 
 
 def test_swav_trains_saves_and_loads_with_its_queue(tmp_path):
@@ -236,11 +244,6 @@ def test_swav_refuses_what_it_cannot_train():
         model.train_on_batch(random_views(8))
 
 
-def multi_crop_views(n=8, seed=0):
-    """Multi-crop groups as `contrastive_views` yields them: 2 views at 16x16, 3 at 8x8."""
-    return random_views(n, seed=seed), random_views(n, size=8, seed=seed + 1, num_views=3)
-
-
 def test_multi_crop_encodes_each_size_in_one_call_and_every_view_predicts_the_global_codes():
     model = build(cpu_strategy(1), num_views=5)
     big, small = multi_crop_views()
@@ -261,22 +264,3 @@ def test_multi_crop_encodes_each_size_in_one_call_and_every_view_predicts_the_gl
     fresh = build(cpu_strategy(1), num_views=5)
     with pytest.raises(ValueError, match="takes 5 views per image; the groups hold \\[2, 2\\]"):
         fresh.train_on_batch((big, small[:, :2]))
-
-
-def test_multi_crop_under_jit_compile_matches_the_eager_step():
-    eager, jit = build(cpu_strategy(1), 0.05, num_views=5), build(cpu_strategy(1), 0.05, num_views=5)
-    jit.set_weights(eager.get_weights())
-    jit.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
-    for seed in (0, 2):
-        groups = multi_crop_views(seed=seed)
-        np.testing.assert_allclose(jit.train_on_batch(groups), eager.train_on_batch(groups), rtol=1e-4)
-    np.testing.assert_allclose(jit.encoder.get_weights()[0], eager.encoder.get_weights()[0], atol=1e-5)
-
-
-def test_multi_crop_on_two_replicas_trains_as_one(float64):
-    big, small = multi_crop_views(48)
-    assert_replicas_match_one_replica(
-        lambda strategy: build(strategy, learning_rate=0.05, queue_size=32, freeze=1, dtype="float64", num_views=5),
-        2,
-        ((big, small),),
-    )
