@@ -50,6 +50,12 @@ def build_parser():
         help="earlier projections that join Sinkhorn's equipartition (the paper: 3840 at batch 256); 0: none",
     )
     parser.add_argument(
+        "--queue_start_step",
+        type=common.at_least(0),
+        default=234,
+        help="the step from which the queue joins (once full); the reference code: epoch 15. Default: epoch 2",
+    )
+    parser.add_argument(
         "--num_local_crops",
         type=common.at_least(0),
         default=0,
@@ -109,6 +115,7 @@ def main(argv=None):
             sinkhorn_iterations=args.sinkhorn_iterations,
             freeze_prototypes_steps=args.freeze_prototypes_steps,
             queue=kc.negatives.Queue(args.queue_size) if args.queue_size else None,
+            queue_start_step=args.queue_start_step,
             projection_dim=args.projection_dim,
             projection_hidden_dim=args.projection_hidden_dim,
             num_classes=data.num_classes,

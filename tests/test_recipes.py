@@ -123,9 +123,10 @@ def test_nnclr_recipe_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_swav_recipe_end_to_end(tmp_path):
-    # Measured 2026-12-03 on these tiny runs: kNN 0.62 / probe 0.64 trained, 0.40 / 0.43 at rate 1e-9. At the
+    # Measured 2026-12-03 on these tiny runs: kNN 0.62 / probe 0.65 trained, 0.40 / 0.43 at rate 1e-9. At the
     # recipe's rate 0.3 (0.075 at batch 64) six steps move too little: 0.44 / 0.46.
     extra = ["--learning_rate", "1.2", "--queue_size", "128", "--freeze_prototypes_steps", "2"]
+    extra += ["--queue_start_step", "3"]
     stdout, results, model_dir, export_dir = run_recipe("swav", tmp_path, *extra)
     assert "kNN accuracy" in stdout
     assert LEARNED < results["knn_accuracy"] <= 1.0 and LEARNED < results["linear_probe_accuracy"] <= 1.0
@@ -135,9 +136,10 @@ def test_swav_recipe_end_to_end(tmp_path):
     import keras_contrastive as kc
 
     model = keras.saving.load_model(str(model_dir / "checkpoints" / "epoch_002.keras"))
-    # 6 steps of 64 pairs through 128 slots: full since step 2, so steps 3-6 clustered with it.
+    # 6 steps of 64 pairs through 128 slots: full since step 2, started at step 3, so steps 4-6 clustered with it.
     assert isinstance(model, kc.SwAV) and model.num_prototypes == 300 and model.queue.size == 128
     assert int(model.queue.filled.numpy()) == 128 and model.freeze_prototypes_steps == 2
+    assert model.queue_start_step == 3
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def test_prototypes_are_unit_columns_and_score_cosines(rng):
         kc.heads.Prototypes(1)
 
 
-def build(strategy, learning_rate=0.0, queue_size=None, freeze=0, dtype="float32", num_views=None):
+def build(strategy, learning_rate=0.0, queue_size=None, freeze=0, dtype="float32", num_views=None, queue_start_step=0):
     with strategy.scope():
         queue = None if queue_size is None else kc.negatives.Queue(queue_size, dtype=dtype)
         model = kc.SwAV(
@@ -119,6 +119,7 @@ def build(strategy, learning_rate=0.0, queue_size=None, freeze=0, dtype="float32
             epsilon=0.1,
             freeze_prototypes_steps=freeze,
             queue=queue,
+            queue_start_step=queue_start_step,
             projection_dim=8,
             projection_hidden_dim=16,
             num_views=num_views,
@@ -152,15 +153,17 @@ def test_a_step_predicts_the_other_views_codes_and_reports_prototype_usage():
     np.testing.assert_allclose(logs["prototype_usage"], usage, atol=1e-6)
 
 
-def test_the_queue_joins_the_codes_once_full():
-    """Queue of 16 and batches of 8: steps 1-2 fill it (the codes see the batch alone), step 3 uses it."""
-    model = build(cpu_strategy(1), queue_size=16)
-    batches = [random_views(8, seed=s) for s in (1, 2, 3)]
+@pytest.mark.parametrize("queue_start_step, first_use", [(0, 2), (3, 3)])
+def test_the_queue_joins_the_codes_once_full_and_started(queue_start_step, first_use):
+    """Queue of 16 and batches of 8: steps 1-2 fill it (the codes see the batch alone), step 3 uses it; with
+    queue_start_step=3, step 4 does."""
+    model = build(cpu_strategy(1), queue_size=16, queue_start_step=queue_start_step)
+    batches = [random_views(8, seed=s) for s in (1, 2, 3, 4)]
     for step, views in enumerate(batches):
         queued, _ = model.queue.ordered()
         logs = model.train_on_batch(views, return_dict=True)
         z, scores = by_hand(model, views)
-        if step < 2:
+        if step < first_use:
             codes = [sinkhorn_reference(s, 0.1, 3) for s in scores]
         else:
             kernel = model.prototypes.kernel.numpy()
@@ -233,6 +236,8 @@ def test_swav_refuses_what_it_cannot_train():
         kc.SwAV(tiny_encoder(), epsilon=0)
     with pytest.raises(ValueError, match="`freeze_prototypes_steps`"):
         kc.SwAV(tiny_encoder(), freeze_prototypes_steps=-1)
+    with pytest.raises(ValueError, match="`queue_start_step` must be an int >= 0"):
+        kc.SwAV(tiny_encoder(), queue_start_step=1.5)
     with pytest.raises(ValueError, match="without mochi"):
         kc.SwAV(tiny_encoder(), queue=kc.negatives.Queue(64, mochi=kc.negatives.MoCHi(4, 4, 2)))
     with pytest.raises(ValueError, match="dimension 8; this model's are 16"):

@@ -128,6 +128,7 @@ def _non_default_arguments(cls):
         "epsilon": 0.03,
         "sinkhorn_iterations": 5,
         "freeze_prototypes_steps": 17,
+        "queue_start_step": 19,
     }
     if cls is kc.MoCoV3:
         values["num_views"] = 2

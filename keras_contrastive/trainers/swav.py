@@ -47,6 +47,12 @@ class SwAV(ContrastiveTrainer):
             the two assigned views' unit projections side by side (keys of
             dimension 2 * projection_dim). Defaults to None (paper: 3,840
             keys at batch 256).
+        queue_start_step: int >= 0. The queue joins the codes from this step
+            on (once full). Defaults to 0. The reference code starts it at
+            epoch 15: a queue of the first steps' features, which change
+            fast, lets Sinkhorn spread the queue evenly while the batch
+            collapses onto a few prototypes (measured here: see
+            benchmarks/RESULTS.md).
         projection_dim: int. Defaults to 128 (paper).
         projection_hidden_dim: int. Defaults to 2048 (paper: one hidden
             layer with BN and ReLU).
@@ -92,6 +98,7 @@ class SwAV(ContrastiveTrainer):
         sinkhorn_iterations=3,
         freeze_prototypes_steps=313,
         queue=None,
+        queue_start_step=0,
         projection_dim=128,
         projection_hidden_dim=2048,
         synchronized_bn=None,
@@ -105,13 +112,18 @@ class SwAV(ContrastiveTrainer):
             raise ValueError(f"`epsilon` must be a number > 0; got {epsilon!r}.")
         if isinstance(sinkhorn_iterations, bool) or not isinstance(sinkhorn_iterations, int) or sinkhorn_iterations < 1:
             raise ValueError(f"`sinkhorn_iterations` must be an int >= 1; got {sinkhorn_iterations!r}.")
-        if not isinstance(freeze_prototypes_steps, int) or freeze_prototypes_steps < 0:
-            raise ValueError(f"`freeze_prototypes_steps` must be an int >= 0; got {freeze_prototypes_steps!r}.")
+        for name, value in (
+            ("freeze_prototypes_steps", freeze_prototypes_steps),
+            ("queue_start_step", queue_start_step),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an int >= 0; got {value!r}.")
         super().__init__(encoder, augmenter, num_classes=num_classes, seed=seed, **kwargs)
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = sinkhorn_iterations
         self.freeze_prototypes_steps = freeze_prototypes_steps
+        self.queue_start_step = queue_start_step
         self.projection_dim = int(projection_dim)
         self.projection_hidden_dim = int(projection_hidden_dim)
         self.synchronized_bn = distribute.sync_batch_norm_default(synchronized_bn)
@@ -151,7 +163,7 @@ class SwAV(ContrastiveTrainer):
             for g, v in zip(gradients, variables)
         ]
 
-    def _queue_scores(self):
+    def _queue_scores(self, training):
         """This replica's share of the queue, scored by view, and whether it is usable: `([Q/N, K] * 2, [Q/N])`."""
         replicas = distribute.num_replicas()
         if self.queue.size % replicas:
@@ -165,14 +177,17 @@ class SwAV(ContrastiveTrainer):
         keys = ops.slice(keys, (start, 0), (share, self.queue.dim))
         # The reference code uses the queue once every slot is written, never a partly filled one.
         usable = ops.logical_and(ops.slice(valid, (start,), (share,)), ops.all(valid))
+        if self.queue_start_step:
+            step = self.optimizer.iterations if (training and self.optimizer is not None) else self.queue_start_step
+            usable = ops.logical_and(usable, ops.convert_to_tensor(step) >= self.queue_start_step)
         return [ops.stop_gradient(self.prototypes(k)) for k in ops.split(keys, self.assigned_views, axis=1)], usable
 
-    def codes(self, scores):
+    def codes(self, scores, training=False):
         """Sinkhorn codes of the assigned views: a list of `[batch, K]`, the queue (if any) joining the equipartition."""
         batch = ops.shape(scores[0])[0]
         out = []
         if self.queue is not None:
-            queued, usable = self._queue_scores()
+            queued, usable = self._queue_scores(training)
         for view in range(self.assigned_views):
             rows, valid = ops.stop_gradient(scores[view]), None
             if self.queue is not None:
@@ -190,7 +205,7 @@ class SwAV(ContrastiveTrainer):
         z = losses.l2_normalize(self.project(features, training=training))
         scores = ops.split(self.prototypes(z), len(features), axis=0)
         z = ops.split(z, len(features), axis=0)
-        codes = self.codes(scores)
+        codes = self.codes(scores, training)
         loss = losses.swav_loss(scores, codes, self.temperature)
         metrics = self.collapse_metrics(features, z)
         top = ops.argmax(ops.stop_gradient(scores[0]), axis=1)
@@ -209,6 +224,7 @@ class SwAV(ContrastiveTrainer):
             epsilon=self.epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
             freeze_prototypes_steps=self.freeze_prototypes_steps,
+            queue_start_step=self.queue_start_step,
             queue=None if self.queue is None else keras.saving.serialize_keras_object(self.queue),
             projection_dim=self.projection_dim,
             projection_hidden_dim=self.projection_hidden_dim,
