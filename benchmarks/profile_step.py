@@ -8,6 +8,7 @@ wall time. The trace itself stays in `--logdir` for TensorBoard's trace viewer (
 
     python benchmarks/profile_step.py --width 0.25 --precision float32
     python benchmarks/profile_step.py --width 1.0 --precision mixed_bfloat16 --steps 3
+    python benchmarks/profile_step.py --width 0.25 --precision mixed_bfloat16 --per_view
 
 Figures go to benchmarks/RESULTS.md. Not a test: nothing here asserts.
 """
@@ -29,10 +30,10 @@ import keras_contrastive as kc
 SIZE = 32
 
 
-def build(method, width, batch):
+def build(method, width, batch, per_view=False):
     encoder = kc.encoders.ResNet18((SIZE, SIZE, 3), width_multiplier=width)
     if method == "simclr":
-        model = kc.SimCLR(encoder, temperature=0.5, head_version=1)
+        model = kc.SimCLR(encoder, temperature=0.5, head_version=1, concatenate_views=not per_view)
     elif method == "supcon":
         model = kc.SupCon(encoder, temperature=0.1)
     else:
@@ -71,10 +72,13 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="steps traced (after 3 untraced warm-up steps)")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--logdir", default=None)
+    parser.add_argument(
+        "--per_view", action="store_true", help="SimCLR with concatenate_views=False (step_speed's kc_simclr_per_view)"
+    )
     args = parser.parse_args()
     logdir = args.logdir or tempfile.mkdtemp(prefix="kc_profile_")
     keras.mixed_precision.set_global_policy(args.precision)
-    model, data = build(args.method, args.width, args.batch_size)
+    model, data = build(args.method, args.width, args.batch_size, args.per_view)
     ds = tf.data.Dataset.from_tensors(data).repeat()
     model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up outside the profile
     tf.profiler.experimental.start(logdir)
@@ -87,7 +91,7 @@ def main():
     table = [row for row in table if row[0] != "IDLE"]
     total = sum(us for _, us, _ in table)
     print(
-        f"{args.method}, ResNet-18 width {args.width}, {args.precision}, batch {args.batch_size}, 2 views at "
+        f"{args.method}{' per view' if args.per_view else ''}, ResNet-18 width {args.width}, {args.precision}, batch {args.batch_size}, 2 views at "
         f"{SIZE}x{SIZE}: {args.steps} steps in {wall:.2f} s ({args.batch_size * args.steps / wall:.0f} images/s "
         f"under the profiler); op self-time {total / 1e6 / args.steps:.3f} s per step, threads idle "
         f"{idle / 1e6 / args.steps:.3f} s per step (2 cores: up to 2x wall)"
