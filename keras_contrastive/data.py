@@ -440,6 +440,7 @@ def contrastive_views(
     crop=None,
     data_service=None,
     input_context=None,
+    with_index=False,
 ):
     """Batches a dataset and draws several augmented views of each image.
 
@@ -528,10 +529,19 @@ def contrastive_views(
             workers draw the same views. The global batch is then made of
             every worker's own examples, not the one a single pipeline would
             make. Defaults to None.
+        with_index: bool. Also yield each example's index, its position in
+            `dataset` (int32, numbered before the shuffle), for negatives
+            kept per example (`kc.negatives.MemoryBank`). With
+            `input_context`, position p of pipeline i of n is numbered
+            `p * n + i`: the position in the whole split when `load` shards
+            it element by element (local files, arrays, folders). Defaults
+            to False.
 
     Returns:
         A `tf.data.Dataset` yielding `(views, labels)`, or `views` when
-        `dataset` yields images only. `views` is `float32` of shape
+        `dataset` yields images only; with `with_index`, `views` is replaced
+        by the dict `{"views": views, "index": index}` (`index` int32
+        `[batch]`), which the trainers take as x. `views` is `float32` of shape
         `[batch, num_views, h, w, C']`, `labels` is `[batch]`. When the
         augmenters give views of several sizes (multi-crop, e.g.
         `kc.augment.multi_crop_augmenters`), `views` is a tuple of such
@@ -620,6 +630,31 @@ def contrastive_views(
             "repeat=True or drop_remainder=False."
         )
 
+    if not isinstance(with_index, bool):
+        raise ValueError(f"`with_index` must be True or False; got {with_index!r}.")
+    if with_index:
+        # Numbered before the shuffle, so each example keeps its own index; the index then travels with it.
+        stride, offset = 1, 0
+        if input_context is not None:
+            stride, offset = input_context.num_input_pipelines, input_context.input_pipeline_id
+        dataset = dataset.enumerate().map(
+            lambda position, element: (element, tf.cast(position * stride + offset, tf.int32))
+        )
+
+    def unpack(element):
+        """`(image, label or None, index or None)` of one element (or batch) of the pipeline."""
+        index = None
+        if with_index:
+            element, index = element
+        return (element[0], element[1], index) if has_labels else (element, None, index)
+
+    def pack(views, label, index):
+        x = {"views": views, "index": index} if with_index else views
+        if has_labels:
+            return x, label
+        # A bare tuple of groups would read as (x, y) to `fit`: wrap it.
+        return (x,) if isinstance(x, tuple) else x
+
     if shuffle_buffer is not None:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if repeat:
@@ -632,9 +667,10 @@ def contrastive_views(
         )
 
         def crop_views(key, element):
-            image = element[0] if has_labels else element
+            image, label, index = unpack(element)
             views = tf.stack([crop(image, tf.stack([key, tf.constant(v, tf.int32)])) for v in range(num_views)])
-            return (views, element[1]) if has_labels else views
+            cropped = (views, label) if has_labels else views
+            return (cropped, index) if with_index else cropped
 
         dataset = tf.data.Dataset.zip((element_keys, dataset)).map(
             crop_views, num_parallel_calls=num_parallel_calls, deterministic=True
@@ -642,7 +678,7 @@ def contrastive_views(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     def make_views(batch_key, element):
-        images = element[0] if has_labels else element
+        images, label, index = unpack(element)
         views = []
         for view_index, function in enumerate(augmenters):
             # The key is part of the element, so seeds never depend on the
@@ -682,10 +718,7 @@ def contrastive_views(
                 f"{[list(v.shape) for v in views]}."
             )
         views = tf.stack(views, axis=1) if len(groups) == 1 else tuple(tf.stack(g, axis=1) for g in groups)
-        if has_labels:
-            return views, element[1]
-        # A bare tuple of groups would read as (x, y) to `fit`: wrap it.
-        return (views,) if isinstance(views, tuple) else views
+        return pack(views, label, index)
 
     # One random key per batch, re-drawn on every pass over the data (each
     # epoch), yet the same sequence for the same seed.

@@ -1,4 +1,5 @@
-"""Negatives beyond the batch: a FIFO queue of past keys (MoCo, He et al. 2020).
+"""Negatives beyond the batch: a FIFO queue of past keys (MoCo, He et al. 2020) and a
+memory bank of one key per example (Wu et al. 2018).
 
 In-batch methods (SimCLR, SupCon) compare each anchor with the other views of
 the global batch only. A queue keeps the keys of the last `size` examples, so
@@ -98,8 +99,15 @@ class Queue(keras.layers.Layer):
     def dim(self):
         return int(self.keys.shape[-1])
 
-    def contents(self):
+    #: Whether `contents` and `enqueue` need each example's index (a memory bank does).
+    needs_index = False
+
+    def contents(self, index=None):
         """The queue as the loss reads it, slot by slot (not in age order).
+
+        Args:
+            index: ignored (a memory bank's argument: the step's example
+                indices).
 
         Returns:
             `(keys, labels, valid)`: float32 (or float64) `[size, dim]`, int32 `[size]` (-1
@@ -117,7 +125,7 @@ class Queue(keras.layers.Layer):
         order = [(pointer + i) % self.size for i in range(self.size)]
         return keys[order], labels[order]
 
-    def enqueue(self, keys, labels=None):
+    def enqueue(self, keys, labels=None, index=None):
         """Writes this step's keys (of every replica) over the oldest slots.
 
         Args:
@@ -128,6 +136,7 @@ class Queue(keras.layers.Layer):
                 Gradients do not flow into the queue.
             labels: int Tensor `[local_batch]` or a list matching `keys`;
                 required with `keep_labels=True`, ignored otherwise.
+            index: ignored (a memory bank's argument).
         """
         if not self.built:
             raise ValueError("Build the queue with `queue.build((None, dim))` before enqueueing.")
@@ -169,6 +178,190 @@ class Queue(keras.layers.Layer):
         config = super().get_config()
         config.update(size=self.size, keep_labels=self.keep_labels, dtype=self.variable_dtype)
         config["mochi"] = None if self.mochi is None else keras.saving.serialize_keras_object(self.mochi)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_contrastive")
+class MemoryBank(Queue):
+    """A memory bank (Wu et al. 2018): one key per training example, drawn from as negatives.
+
+    Row i holds a running average of example i's unit projections: after each
+    training step, every example of the global batch gets
+    `v_i <- normalize(m v_i + (1 - m) k_i)`, with `k_i` the mean of its
+    views' unit keys (the first write takes `k_i` itself; Wu et al.'s and
+    PIRL's m = 0.5). Each step's loss reads `num_negatives` rows drawn
+    uniformly with replacement (the noise samples of Wu et al.'s NCE), or the
+    whole bank with `num_negatives=None`; rows never written, and the rows of
+    the examples in the step's global batch (stale copies of the anchors and
+    their positives), are reported as not valid, so the loss masks them.
+
+    Unlike a queue, the bank needs to know which example each batch row is:
+    the data carries an `index` per example, which `contrastive_views(...,
+    with_index=True)` adds (the trainers' `views_dataset` does it when their
+    negatives need it). Indices must lie in [0, size).
+
+    The draws are stateless, seeded by `seed` and the bank's update count
+    (saved with it), and every replica writes the gathered global batch, so N
+    replicas hold and draw what one replica does, and a resumed run continues
+    with the same bank and the same draws. Shapes are static (TPU,
+    `jit_compile=True`).
+
+    Args:
+        size: int > 0. Number of rows: the number of training examples (with
+            `contrastive_views(..., input_context=...)` sharding, examples are
+            numbered `local_position * pipelines + pipeline_id`, which stays
+            below `size` rounded up to a multiple of the pipelines).
+        num_negatives: int > 0 or None. Rows drawn per step. Wu et al. draw
+            4096. Defaults to 4096; None reads every row.
+        momentum: float in [0, 1). Weight of the old row in the update. 0
+            keeps only the newest keys. Defaults to 0.5.
+        keep_labels: bool. Also keep each example's int32 label (SupCon).
+            Defaults to False.
+        mochi: `MoCHi` or None. Hard negative mixing over the drawn rows
+            (its N at most `num_negatives`). Defaults to None.
+        seed: int. Seed of the draws. Defaults to 0.
+        dtype: "float32" or "float64", as for `Queue`.
+
+    Example:
+
+    >>> bank = MemoryBank(60_000, num_negatives=4096)
+    >>> model = kc.SimCLR(encoder, augmenter, negatives=bank)
+    >>> model.fit(model.views_dataset(train, 256, shuffle_buffer=60_000, repeat=True), ...)
+
+    References:
+        Wu, Xiong, Yu, Lin. Unsupervised Feature Learning via Non-Parametric
+        Instance Discrimination. CVPR 2018 (the memory bank, section 3.2).
+        Misra, van der Maaten. Self-Supervised Learning of Pretext-Invariant
+        Representations. CVPR 2020 (PIRL: its momentum 0.5).
+    """
+
+    needs_index = True
+
+    def __init__(self, size, num_negatives=4096, momentum=0.5, keep_labels=False, mochi=None, seed=0, **kwargs):
+        super().__init__(size, keep_labels=keep_labels, mochi=None, **kwargs)
+        if num_negatives is not None and (
+            isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1
+        ):
+            raise ValueError(f"`num_negatives` must be an int > 0 or None (every row); got {num_negatives!r}.")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ValueError(f"`momentum` must be a number in [0, 1); got {momentum!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**31) <= seed < 2**31:
+            raise ValueError(f"`seed` must be an int32; got {seed!r}.")
+        self.num_negatives = num_negatives
+        self.momentum = float(momentum)
+        self.seed = seed
+        if isinstance(mochi, dict):
+            mochi = keras.saving.deserialize_keras_object(mochi)
+        if mochi is not None and not isinstance(mochi, MoCHi):
+            raise ValueError(f"`mochi` must be a keras_contrastive.negatives.MoCHi or None; got {mochi!r}.")
+        drawn = size if num_negatives is None else num_negatives
+        if mochi is not None and mochi.N > drawn:
+            raise ValueError(f"MoCHi's N={mochi.N} exceeds the {drawn} rows the bank gives each step.")
+        self.mochi = mochi
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"The memory bank needs the keys' static dimension; got shape {input_shape}.")
+        # Identical on every replica (each writes the gathered global batch): any replica's copy is the value.
+        state = dict(trainable=False, aggregation="only_first_replica")
+        self.keys = self.add_weight(
+            shape=(self.size, dim), initializer="zeros", dtype=self.variable_dtype, name="keys", **state
+        )
+        self.labels = self.add_weight(
+            shape=(self.size,), initializer=keras.initializers.Constant(-1), dtype="int32", name="labels", **state
+        )
+        # 1 for the rows written at least once; and the number of updates so far (the draws' seed).
+        self.written = self.add_weight(shape=(self.size,), initializer="zeros", dtype="int32", name="written", **state)
+        self.update_count = self.add_weight(shape=(), initializer="zeros", dtype="int32", name="update_count", **state)
+        self.built = True
+
+    def _global_index(self, index, what):
+        if index is None:
+            raise ValueError(
+                f"A memory bank {what} by example: feed each example's index with the views, "
+                "x = {'views': views, 'index': index} (contrastive_views(..., with_index=True), which the "
+                "trainers' views_dataset adds when their negatives need it)."
+            )
+        index = distribute.all_gather(ops.cast(ops.reshape(index, (-1,)), "int32"))
+        message = f"Example indices must lie in [0, {self.size}) (the memory bank's size)."
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_non_negative(index, message=message),
+                tf.debugging.assert_less(index, self.size, message=message),
+            ]
+        ):
+            return tf.identity(index)
+
+    def contents(self, index=None):
+        """The rows this step's loss reads.
+
+        Args:
+            index: int Tensor `[local_batch]`, the examples of this replica's
+                batch (gathered from all replicas here).
+
+        Returns:
+            `(keys, labels, valid)`: float32 (or float64) `[num_negatives,
+            dim]` (`[size, dim]` when `num_negatives` is None), int32 labels
+            and bool, True for rows written before and not of an example in
+            the global batch.
+        """
+        batch = self._global_index(index, "is read")
+        if self.num_negatives is None:
+            rows = ops.arange(self.size, dtype="int32")
+        else:
+            seed = tf.stack([tf.constant(self.seed, tf.int32), tf.convert_to_tensor(self.update_count)])
+            rows = tf.random.stateless_uniform([self.num_negatives], seed, minval=0, maxval=self.size, dtype=tf.int32)
+        in_batch = ops.any(ops.expand_dims(rows, 1) == ops.expand_dims(batch, 0), axis=1)
+        valid = ops.logical_and(ops.take(ops.convert_to_tensor(self.written), rows) > 0, ops.logical_not(in_batch))
+        keys = ops.take(ops.convert_to_tensor(self.keys), rows, axis=0)
+        return keys, ops.take(ops.convert_to_tensor(self.labels), rows), valid
+
+    def ordered(self):
+        """The written rows and their labels in example order (eager use): `[written, dim]` and `[written]`."""
+        written = self.written.numpy() > 0
+        return self.keys.numpy()[written], self.labels.numpy()[written]
+
+    def enqueue(self, keys, labels=None, index=None):
+        """Moves the rows of this step's examples (all replicas) towards their new keys.
+
+        Args:
+            keys: Tensor `[local_batch, dim]` or a list of them, one per view
+                of the same examples (their unit mean is the example's key).
+            labels: int Tensor `[local_batch]` or a list (the first is kept);
+                required with `keep_labels=True`.
+            index: int Tensor `[local_batch]`, the examples' rows.
+        """
+        if not self.built:
+            raise ValueError("Build the bank with `bank.build((None, dim))` before writing to it.")
+        index = self._global_index(index, "is written")
+        keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+        per_view = [distribute.all_gather(ops.stop_gradient(ops.cast(k, self.keys.dtype))) for k in keys]
+        if per_view[0].shape[-1] is not None and per_view[0].shape[-1] != self.dim:
+            raise ValueError(f"The bank holds keys of dimension {self.dim}; got keys of shape {per_view[0].shape}.")
+        new = ops.mean(ops.stack(per_view), axis=0)
+        # An example twice in one global batch (a repeated dataset's epoch boundary): both rows take the mean of
+        # its keys, so the scatter writes one value whichever duplicate lands last.
+        same = ops.cast(ops.expand_dims(index, 1) == ops.expand_dims(index, 0), new.dtype)
+        new = ops.matmul(same, new) / ops.sum(same, axis=1, keepdims=True)
+        old = ops.take(ops.convert_to_tensor(self.keys), index, axis=0)
+        seen = ops.expand_dims(ops.take(ops.convert_to_tensor(self.written), index) > 0, 1)
+        new = ops.where(seen, self.momentum * old + (1.0 - self.momentum) * new, new)
+        new = new * ops.rsqrt(ops.maximum(ops.sum(ops.square(new), axis=-1, keepdims=True), 1e-12))
+        rows = ops.expand_dims(index, 1)
+        self.keys.assign(tf.tensor_scatter_nd_update(self.keys, rows, new))
+        self.written.assign(tf.tensor_scatter_nd_update(self.written, rows, ops.ones_like(index)))
+        if self.keep_labels:
+            if labels is None:
+                raise ValueError("This bank keeps labels (`keep_labels=True`): pass `labels` with the keys.")
+            first = labels[0] if isinstance(labels, (list, tuple)) else labels
+            gathered = distribute.all_gather(ops.cast(ops.reshape(first, (-1,)), "int32"))
+            self.labels.assign(tf.tensor_scatter_nd_update(self.labels, rows, gathered))
+        self.update_count.assign(ops.convert_to_tensor(self.update_count) + 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_negatives=self.num_negatives, momentum=self.momentum, seed=self.seed)
         return config
 
 

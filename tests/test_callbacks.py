@@ -25,8 +25,11 @@ def build(method, seed=0):
         model = kc.SimCLR(encoder, projection_dim=4, temperature=0.5, negatives=kc.negatives.Queue(200))
     elif method == "supcon":
         model = kc.SupCon(encoder, projection_dim=4, temperature=0.5)
-    elif method == "supcon_queue":
-        model = kc.SupCon(encoder, projection_dim=4, temperature=0.5, negatives=kc.negatives.Queue(200, True))
+    elif method == "supcon_bank":
+        # 40 examples in 12 steps of 8: rows written again (momentum), drawn 30 at a time (the draws follow the
+        # update count, which must come back too).
+        bank = kc.negatives.MemoryBank(40, num_negatives=30, keep_labels=True)
+        model = kc.SupCon(encoder, projection_dim=4, temperature=0.5, negatives=bank)
     elif method == "swav_queue":
         # A queue of 32 is full after 4 steps and clusters with the batch from step 5; the prototypes thaw at step 6,
         # where the killed run resumes: queue, slots, prototypes and the step count must all come back.
@@ -46,7 +49,7 @@ def build(method, seed=0):
     return model
 
 
-def data(start_batch=0, nan_batch=None):
+def data(start_batch=0, nan_batch=None, with_index=False):
     """An endless stream of view batches; batch i is a function of i alone, as in contrastive_views."""
     views = random_views(n=BATCH * 5, size=16)
     labels = np.arange(len(views)) % 3
@@ -54,7 +57,8 @@ def data(start_batch=0, nan_batch=None):
         views = np.tile(views, (3, 1, 1, 1, 1))
         labels = np.tile(labels, 3)
         views[nan_batch * BATCH] = np.nan
-    ds = tf.data.Dataset.from_tensor_slices((views, labels)).repeat().batch(BATCH, drop_remainder=True)
+    x = {"views": views, "index": np.arange(len(views), dtype="int32")} if with_index else views
+    ds = tf.data.Dataset.from_tensor_slices((x, labels)).repeat().batch(BATCH, drop_remainder=True)
     return ds.skip(start_batch)
 
 
@@ -80,7 +84,8 @@ class Count(keras.callbacks.Callback):
 
 
 def fit(model, callbacks, start_batch=0):
-    return model.fit(data(start_batch), epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, callbacks=callbacks, verbose=0)
+    views = data(start_batch, with_index=model.needs_index)
+    return model.fit(views, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, callbacks=callbacks, verbose=0)
 
 
 def backups(directory):
@@ -93,7 +98,7 @@ def backups(directory):
         "simclr",
         "supcon",
         "moco_v3",
-        *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_queue", "swav_queue")),
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_bank", "swav_queue")),
     ],
 )
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, method):
@@ -119,8 +124,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, m
     fit(resumed, [backup, count], start_batch=backup.resume_step)
     assert count.batches == STEPS_PER_EPOCH * EPOCHS - 6
     assert int(resumed.optimizer.iterations.numpy()) == STEPS_PER_EPOCH * EPOCHS
-    if method in ("simclr_queue", "supcon_queue"):  # the queue's keys, labels and slots are among the weights below
+    if method == "simclr_queue":  # the queue's keys, labels and slots are among the weights below
         assert int(resumed.negatives.filled.numpy()) == STEPS_PER_EPOCH * EPOCHS * 2 * BATCH
+    if method == "supcon_bank":  # every row written, 12 updates (rows, labels, counts are among the weights below)
+        assert int(resumed.negatives.written.numpy().sum()) == 40 and int(resumed.negatives.update_count.numpy()) == 12
     if method == "swav_queue":  # full, and wrapped round: the next slot is where 12 steps of 8 pairs leave it
         assert (int(resumed.queue.filled.numpy()), int(resumed.queue.pointer.numpy())) == (32, 96 % 32)
     for (path, want), (_, got) in zip(weights_of(reference), weights_of(resumed)):

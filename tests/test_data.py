@@ -919,3 +919,41 @@ def test_views_of_each_input_pipeline_batch_per_replica_with_keys_of_their_own()
     )
     with pytest.raises(ValueError, match="does not split evenly over 4 replicas"):
         data.contrastive_views(data.load((x, y)), key_augmenter, 6, input_context=two[0])
+
+
+def test_views_with_index_carry_each_examples_position_through_shuffle_crops_groups_and_shards(small):
+    """`with_index=True` (a memory bank's input): x becomes {"views", "index"}, the index numbered before the
+    shuffle, so it names the example (here label == position); with sharded input, position p of pipeline i of n
+    is p * n + i, its position in the split."""
+    x, y = small
+    ds = data.contrastive_views(data.load((x, y)), noisy_augmenter, 4, shuffle_buffer=10, with_index=True)
+    seen = []
+    for inputs, labels in ds.as_numpy_iterator():
+        assert set(inputs) == {"views", "index"} and inputs["index"].dtype == np.int32
+        np.testing.assert_array_equal(inputs["index"], labels)
+        expected = x[labels].astype(np.float32) / 255.0  # the views are still the indexed examples'
+        assert np.all(np.abs(inputs["views"][:, 0] - expected) <= 0.01)
+        seen.extend(inputs["index"].tolist())
+    assert sorted(seen) != seen and len(set(seen)) == 8  # shuffled; 2 of 10 left in the dropped remainder
+
+    # Per-image crops and multi-crop groups, without labels: the dict holds the tuple of groups.
+    def crop(image, seed):
+        return tf.image.stateless_random_crop(image, (6, 6, 1), seed)
+
+    def shrunk(images, seed):
+        return tf.image.resize(seed_augmenter(images, seed), (3, 3))
+
+    cropped = data.contrastive_views(
+        data.load(x), [seed_augmenter, seed_augmenter, shrunk], 5, num_views=3, crop=crop, with_index=True
+    )
+    first = next(iter(cropped))
+    assert [list(g.shape) for g in first["views"]] == [[5, 2, 6, 6, 1], [5, 1, 3, 3, 1]]
+    np.testing.assert_array_equal(first["index"], np.arange(5))
+
+    x16, y16 = np.zeros((16, 1, 1, 1), np.uint8), np.arange(16, dtype=np.int32)
+    for context in _contexts(2, replicas=2):
+        shard = data.load((x16, y16), input_context=context)
+        for inputs, labels in data.contrastive_views(shard, key_augmenter, 4, input_context=context, with_index=True):
+            np.testing.assert_array_equal(inputs["index"], labels)
+    with pytest.raises(ValueError, match="`with_index` must be True or False"):
+        data.contrastive_views(data.load((x, y)), noisy_augmenter, 4, with_index=1)

@@ -293,6 +293,12 @@ def test_every_trainer_rebuilds_its_queue_from_its_config(cls):
     clone = cls.from_config(model.get_config())
     assert isinstance(clone.negatives, kc.negatives.Queue) and clone.negatives is not model.negatives
     assert (clone.negatives.size, clone.negatives.keep_labels, clone.negatives.dim) == (48, True, 8)
+    assert not clone.needs_index
+    bank = kc.negatives.MemoryBank(48, num_negatives=20, momentum=0.25, keep_labels=True, seed=7)
+    clone = cls.from_config(cls(tiny_encoder(), projection_dim=8, negatives=bank, **kwargs).get_config())
+    assert type(clone.negatives) is kc.negatives.MemoryBank and clone.needs_index
+    got = clone.negatives
+    assert (got.size, got.num_negatives, got.momentum, got.keep_labels, got.seed, got.dim) == (48, 20, 0.25, True, 7, 8)
     assert cls.from_config(cls(tiny_encoder(), projection_dim=8, **kwargs).get_config()).negatives is None
 
 
@@ -420,3 +426,167 @@ def test_mochi_compiles_under_xla_with_static_shapes():
         model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=True)
     history = train(model, random_views(32), batch=8, steps=3)
     assert np.isfinite(history["loss"]).all() and int(model.negatives.filled.numpy()) == 32
+
+
+# ------------------------------------------------------------------ memory bank (Wu et al. 2018)
+
+
+def bank_reference(size, dim, steps, momentum):
+    """The bank after `steps` of `(keys per view, index, labels)`, in float64 numpy: row i becomes
+    unit(m v_i + (1 - m) k_i) (unit(k_i) on its first write), k_i the mean of example i's keys over its views and
+    over its duplicates in the step."""
+    bank, labels, written = np.zeros((size, dim)), np.full(size, -1), np.zeros(size, bool)
+    for keys, index, step_labels in steps:
+        mean = np.mean([np.asarray(k, "float64") for k in keys], axis=0)
+        new = {i: mean[index == i].mean(axis=0) for i in set(index.tolist())}
+        for i, k in new.items():
+            row = momentum * bank[i] + (1 - momentum) * k if written[i] else k
+            bank[i] = row / np.linalg.norm(row)
+            written[i] = True
+        for i, label in zip(index, step_labels):
+            labels[i] = label
+    return bank, labels, written
+
+
+def built_bank(size, dim, **kwargs):
+    bank = kc.negatives.MemoryBank(size, **kwargs)
+    bank.build((None, dim))
+    return bank
+
+
+def test_the_memory_bank_keeps_a_running_average_of_each_examples_keys(rng):
+    bank = built_bank(10, 3, momentum=0.3, keep_labels=True, num_negatives=None, dtype="float64")
+    steps = []
+    # Step 2 rewrites rows 1 and 2 (the momentum path) and holds example 7 twice (its keys averaged).
+    for index in (np.array([0, 1, 2, 3]), np.array([7, 1, 7, 2])):
+        keys = [rng.normal(size=(4, 3)), rng.normal(size=(4, 3))]
+        labels = index % 3
+        bank.enqueue(keys, [labels, labels], index=index)
+        steps.append((keys, index, labels))
+    want, want_labels, written = bank_reference(10, 3, steps, 0.3)
+    np.testing.assert_allclose(bank.keys.numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(bank.labels.numpy(), want_labels)
+    np.testing.assert_array_equal(bank.written.numpy() > 0, written)
+    assert int(bank.update_count.numpy()) == 2
+    kept, kept_labels = bank.ordered()
+    np.testing.assert_allclose(kept, want[written], atol=1e-12)
+    # The loss reads every written row except the step's own examples (their stale copies).
+    keys, labels, valid = bank.contents(np.array([2, 5]))
+    np.testing.assert_allclose(keys.numpy(), want, atol=1e-12)
+    np.testing.assert_array_equal(valid.numpy(), written & ~np.isin(np.arange(10), [2, 5]))
+
+
+def test_the_memory_bank_draws_rows_uniformly_and_the_same_for_the_same_update(rng):
+    bank = built_bank(8, 4, num_negatives=4000, seed=3)
+    bank.enqueue(rng.normal(size=(6, 4)), index=np.arange(6))
+    rows = bank.keys.numpy()
+
+    def drawn(index):
+        keys, _, valid = bank.contents(index)
+        # Each drawn key is a row of the bank; rows 6 and 7 are still zero (never written): 6 stands for both.
+        match = np.argmin(np.abs(keys.numpy()[:, None, :] - rows[None]).sum(axis=-1), axis=1)
+        np.testing.assert_array_equal(keys.numpy(), rows[match])
+        return match, valid.numpy()
+
+    match, valid = drawn(np.array([1]))
+    np.testing.assert_array_equal(valid, (match < 6) & (match != 1))
+    counts = np.bincount(match, minlength=8)
+    # 4000 draws over 8 rows: 500 each expected (standard deviation 21), 1000 for the two zero rows.
+    assert counts[:6].min() > 400 and counts[:6].max() < 600 and 850 < counts[6] < 1150, counts
+    again, _ = drawn(np.array([1]))
+    np.testing.assert_array_equal(again, match)  # a step's draws depend on the update count alone
+    bank.enqueue(rng.normal(size=(6, 4)), index=np.arange(6))
+    rows = bank.keys.numpy()
+    assert (drawn(np.array([1]))[0] != match).mean() > 0.5  # the next update draws anew
+
+
+def test_the_memory_bank_refuses_what_it_cannot_use():
+    with pytest.raises(ValueError, match="`num_negatives` must be"):
+        kc.negatives.MemoryBank(10, num_negatives=0)
+    with pytest.raises(ValueError, match="`momentum` must be"):
+        kc.negatives.MemoryBank(10, momentum=1.0)
+    with pytest.raises(ValueError, match="exceeds the 8 rows"):
+        kc.negatives.MemoryBank(10, num_negatives=8, mochi=kc.negatives.MoCHi(N=16))
+    with pytest.raises(ValueError, match="feed each example's index"):
+        built_bank(10, 2).contents()
+    with pytest.raises(Exception, match=r"must lie in \[0, 10\)"):
+        built_bank(10, 2).enqueue(np.ones((2, 2), "float32"), index=np.array([3, 10]))
+    with pytest.raises(ValueError, match="memory bank is not supported"):
+        kc.NNCLR(tiny_encoder(), support_set=kc.negatives.MemoryBank(64))
+    with pytest.raises(ValueError, match="feature queue holds the last batches"):
+        kc.SwAV(tiny_encoder(), num_prototypes=4, queue=kc.negatives.MemoryBank(64))
+    model = kc.SimCLR(tiny_encoder(), projection_dim=8, negatives=kc.negatives.MemoryBank(64))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    with pytest.raises(ValueError, match="needs each example's index"):
+        model.train_on_batch(random_views(8))
+    with pytest.raises(ValueError, match="exactly 'views' and 'index'"):
+        model.train_on_batch({"views": random_views(8), "ids": np.arange(8)})
+
+
+def build_with_bank(strategy, cls=kc.SimCLR, learning_rate=0.0, dtype="float32", **bank):
+    with strategy.scope():
+        kwargs = dict(base_temperature=0.1) if cls is kc.SupCon else {}
+        model = cls(
+            tiny_encoder(),
+            temperature=0.2,
+            projection_dim=8,
+            negatives=kc.negatives.MemoryBank(dtype=dtype, **{"size": 20, "num_negatives": None, **bank}),
+            **kwargs,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
+    return model
+
+
+def test_simclr_reads_the_bank_without_the_steps_examples_then_writes_them():
+    model = build_with_bank(cpu_strategy(1), momentum=0.5)  # learning rate 0: each step's projections are known
+    first, second = random_views(8, seed=1), random_views(8, seed=2)
+    index_1, index_2 = np.arange(8), np.array([6, 7, 8, 9, 10, 11, 12, 13])  # rows 6 and 7 again in step 2
+    loss_1 = model.train_on_batch({"views": first, "index": index_1}, return_dict=True)["loss"]
+    z1, z2 = projections(model, first)
+    np.testing.assert_allclose(loss_1, float(kc.losses.nt_xent(z1, z2, 0.2)), rtol=1e-5)  # an empty bank
+    loss_2 = model.train_on_batch({"views": second, "index": index_2}, return_dict=True)["loss"]
+    y1, y2 = projections(model, second)
+    bank, _, written = bank_reference(20, 8, [([unit_rows(z1), unit_rows(z2)], index_1, index_1)], 0.5)
+    # Rows 0-5 are negatives; rows 6 and 7 are this step's own examples, and the rest were never written.
+    want = nt_xent_with_negatives_reference(y1, y2, 0.2, bank[:6], np.ones(6, bool))
+    np.testing.assert_allclose(loss_2, want, rtol=1e-5)
+    steps = [([unit_rows(z1), unit_rows(z2)], index_1, index_1), ([unit_rows(y1), unit_rows(y2)], index_2, index_2)]
+    np.testing.assert_allclose(model.negatives.keys.numpy(), bank_reference(20, 8, steps, 0.5)[0], atol=2e-6)
+
+
+@pytest.mark.parametrize("cls", [kc.SimCLR, kc.SupCon])
+def test_two_replicas_fill_the_bank_and_train_as_one(float64, cls):
+    """Three steps of 16 examples drawn from 20 (rows written again, an example twice in a batch) on 1 and 2
+    replicas: the same loss, weights, bank rows, labels and draws (12 of 20 rows per step; MoCHi for SimCLR)."""
+    index = np.concatenate([np.arange(16), np.array([16, 17, 18, 19, 0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10])])
+    index = np.concatenate([index, np.arange(16)])
+    views = {"views": random_views(48), "index": index}
+    labels = index % 5 if cls is kc.SupCon else None
+    bank = dict(num_negatives=12, keep_labels=cls is kc.SupCon)
+    if cls is kc.SimCLR:
+        bank["mochi"] = kc.negatives.MoCHi(N=6, s=4, s_prime=2)
+    _, model, _, _ = assert_replicas_match_one_replica(
+        lambda strategy: build_with_bank(strategy, cls, learning_rate=0.05, dtype="float64", **bank), 2, views, labels
+    )
+    assert int(model.negatives.written.numpy().sum()) == 20 and int(model.negatives.update_count.numpy()) == 3
+    if cls is kc.SupCon:
+        np.testing.assert_array_equal(model.negatives.labels.numpy(), np.arange(20) % 5)
+
+
+def test_the_bank_under_jit_compile_matches_the_eager_step(tmp_path):
+    views, index = random_views(16), np.arange(16) % 10
+    eager, jit = build_with_bank(cpu_strategy(1), learning_rate=0.05), build_with_bank(cpu_strategy(1))
+    jit.set_weights(eager.get_weights())
+    jit.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+    for step in range(2):
+        batch = {"views": views[8 * step : 8 * step + 8], "index": index[8 * step : 8 * step + 8]}
+        np.testing.assert_allclose(jit.train_on_batch(batch), eager.train_on_batch(batch), rtol=1e-4)
+    np.testing.assert_allclose(jit.negatives.keys.numpy(), eager.negatives.keys.numpy(), atol=1e-3)
+    # Saved with the model: rows, labels, written rows and the update count (the next draws).
+    path = str(tmp_path / "bank.keras")
+    eager.save(path)
+    restored = keras.saving.load_model(path).negatives
+    assert isinstance(restored, kc.negatives.MemoryBank) and (restored.size, restored.num_negatives) == (20, None)
+    for name in ("keys", "labels", "written", "update_count"):
+        np.testing.assert_array_equal(getattr(restored, name).numpy(), getattr(eager.negatives, name).numpy())
+    assert int(restored.update_count.numpy()) == 2 and int(restored.written.numpy().sum()) == 10

@@ -160,7 +160,7 @@ class ContrastiveTrainer(keras.Model):
         self.monitored_dim = None
 
     # ----------------------------------------------------------- subclass API
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         """The method's loss on the encoder features of each view.
 
         Args:
@@ -169,6 +169,9 @@ class ContrastiveTrainer(keras.Model):
             training: bool.
             views: list of `num_views` float image batches (for methods with a
                 second, momentum encoder).
+            index: int tensor `[local_batch]`, each example's index in the
+                training set, when the data carries one (`x = {"views",
+                "index"}`, for a memory bank); passed only then.
 
         Returns:
             `(loss, metrics)`: float32 scalar, the mean over this replica's
@@ -202,10 +205,11 @@ class ContrastiveTrainer(keras.Model):
             projection_head.build((None, self.feature_dim))
 
     def _set_negatives(self, negatives, dim):
-        """Keeps `negatives` (a `kc.negatives.Queue` or None), built for keys of dimension `dim`."""
+        """Keeps `negatives` (a `kc.negatives.Queue`, `MemoryBank` or None), built for keys of dimension `dim`."""
         if negatives is not None and not isinstance(negatives, queues.Queue):
             raise ValueError(
-                f"`negatives` must be a keras_contrastive.negatives.Queue or None; got {type(negatives).__name__}."
+                "`negatives` must be a keras_contrastive.negatives.Queue or MemoryBank, or None; got "
+                f"{type(negatives).__name__}."
             )
         if negatives is not None and not negatives.built:
             negatives.build((None, dim))
@@ -262,12 +266,19 @@ class ContrastiveTrainer(keras.Model):
             trackers += [self.probe_loss_tracker, self.probe_accuracy]
         return trackers
 
+    @property
+    def needs_index(self):
+        """True when the data must carry each example's index (negatives from a `kc.negatives.MemoryBank`)."""
+        return bool(getattr(getattr(self, "negatives", None), "needs_index", False))
+
     def views_dataset(self, dataset, batch_size, **kwargs):
-        """`keras_contrastive.data.contrastive_views` with this trainer's augmenter."""
+        """`keras_contrastive.data.contrastive_views` with this trainer's augmenter (and `with_index=True` when
+        the trainer `needs_index`)."""
         from keras_contrastive import data
 
         if self.augmenter is None:
             raise ValueError("This trainer has no augmenter; pass one to the constructor.")
+        kwargs.setdefault("with_index", self.needs_index)
         return data.contrastive_views(dataset, self.augmenter, batch_size, num_views=self.num_views, **kwargs)
 
     # ------------------------------------------------------------------- step
@@ -415,6 +426,21 @@ class ContrastiveTrainer(keras.Model):
             )
         if y is not None and self.probe is not None:
             y = self._check_probe_labels(y)
+        index = None
+        if isinstance(x, dict):
+            # Views (or images) with each example's index: `contrastive_views(..., with_index=True)`.
+            if set(x) != {"views", "index"}:
+                raise ValueError(
+                    f"A dict of inputs must hold exactly 'views' and 'index' (each example's index, for a memory "
+                    f"bank); got keys {sorted(x)}."
+                )
+            x, index = x["views"], x["index"]
+        elif self.needs_index:
+            raise ValueError(
+                f"{type(self).__name__}'s negatives come from a memory bank, which needs each example's index: "
+                "feed x = {'views': views, 'index': index}, e.g. from model.views_dataset(...) or "
+                "kc.data.contrastive_views(..., with_index=True)."
+            )
         views = self._to_views(x, training)
         if self.concatenate_views:
             # One encoder call on all views: BatchNorm statistics cover the 2N
@@ -427,7 +453,9 @@ class ContrastiveTrainer(keras.Model):
                 features.extend(ops.split(encoded, len(group), axis=0) if len(group) > 1 else [encoded])
         else:
             features = [self._encoder_at(view.shape)(view, training=training) for view in views]
-        loss, extra = self.contrastive_loss(features, y, training=training, views=views)
+        # The index only when the data has one: subclasses written before it keep working.
+        by_example = {} if index is None else {"index": index}
+        loss, extra = self.contrastive_loss(features, y, training=training, views=views, **by_example)
         penalty = self.regularization_loss()
         if penalty is not None:
             # The model's own losses (kernel / activity regularizers of the

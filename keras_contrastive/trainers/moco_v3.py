@@ -180,7 +180,7 @@ class MoCoV3(ContrastiveTrainer):
         self.update_momentum_branch(self.momentum())
         return super().train_step(data)
 
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         q1, q2 = (self.predictor(self.projector(h, training=training), training=training) for h in features)
         # Keys: the momentum branch in training mode (batch statistics), no gradient.
         k1, k2 = (
@@ -189,13 +189,13 @@ class MoCoV3(ContrastiveTrainer):
         )
         queued, valid, mochi = None, None, None
         if self.negatives is not None:
-            queued, _, valid = self.negatives.contents()
+            queued, _, valid = self.negatives.contents(index)
             mochi = self.negatives.mochi
         seeds = [self.mochi_seed(training, term) if mochi is not None else None for term in (0, 1)]
         loss = losses.info_nce(q1, k2, self.temperature, queued, valid, mochi, seeds[0])
         loss += losses.info_nce(q2, k1, self.temperature, queued, valid, mochi, seeds[1])
         if self.negatives is not None and training:
-            self.negatives.enqueue([losses.l2_normalize(k1), losses.l2_normalize(k2)])
+            self.negatives.enqueue([losses.l2_normalize(k1), losses.l2_normalize(k2)], index=index)
         return loss, {"momentum": self.momentum(), **self.collapse_metrics(features, [q1, q2])}
 
     def get_config(self):

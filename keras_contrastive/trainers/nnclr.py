@@ -105,6 +105,11 @@ class NNCLR(ContrastiveTrainer):
             support_set = queues.Queue(16384, keep_labels=num_classes is not None)
         if support_set is not None and getattr(support_set, "mochi", None) is not None:
             raise ValueError("NNCLR's support set gives positives, not negatives: pass a queue without mochi.")
+        if getattr(support_set, "needs_index", False):
+            raise ValueError(
+                "NNCLR's support set is a queue of recent projections (the paper's); a memory bank is not "
+                "supported here: pass kc.negatives.Queue(size)."
+            )
         # Held as `negatives` (the base's queue attribute: built, checked, saved); `support_set` names it here.
         self._set_negatives(support_set, self.projection_dim)
         if self.num_classes is not None and self.support_set.keep_labels:
@@ -115,7 +120,7 @@ class NNCLR(ContrastiveTrainer):
     def support_set(self):
         return self.negatives
 
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         z1, z2 = (self.projector(h, training=training) for h in features)
         p1, p2 = (self.predictor(z, training=training) for z in (z1, z2))
         support, support_labels, valid = self.support_set.contents()

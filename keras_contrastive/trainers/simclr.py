@@ -117,7 +117,7 @@ class SimCLR(ContrastiveTrainer):
             self._track("contrastive_accuracy")
         self.built = True
 
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         z = self.project(features, training=training)
         if self.num_views > 2:
             # Multi-view NT-Xent: every other view of the same image is a
@@ -129,7 +129,7 @@ class SimCLR(ContrastiveTrainer):
         z1, z2 = ops.split(z, 2, axis=0)
         queued, valid, mochi = None, None, None
         if self.negatives is not None:
-            queued, _, valid = self.negatives.contents()
+            queued, _, valid = self.negatives.contents(index)
             mochi = self.negatives.mochi
         seed = self.mochi_seed(training) if mochi is not None else None
         logits, labels = losses.nt_xent_logits(z1, z2, self.temperature, queued, valid, mochi, seed)
@@ -137,7 +137,7 @@ class SimCLR(ContrastiveTrainer):
         accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == labels, "float32"))
         if self.negatives is not None and training:
             # After the loss has read the queue: this batch's keys are negatives of later batches only.
-            self.negatives.enqueue([losses.l2_normalize(z1), losses.l2_normalize(z2)])
+            self.negatives.enqueue([losses.l2_normalize(z1), losses.l2_normalize(z2)], index=index)
         return loss, {"contrastive_accuracy": accuracy, **self.collapse_metrics(features, [z1, z2])}
 
     def get_config(self):

@@ -107,7 +107,7 @@ class SupCon(ContrastiveTrainer):
         self._set_negatives(negatives, self.projection_head.compute_output_shape((None, self.feature_dim))[-1])
         self.built = True
 
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         if labels is None:
             raise ValueError(
                 "SupCon needs labels: fit it on (views, labels) or (images, labels). For "
@@ -116,11 +116,11 @@ class SupCon(ContrastiveTrainer):
         per_view = ops.split(self.project(features, training=training), self.num_views, axis=0)
         z = ops.stack(per_view, axis=1)  # [batch, views, dim]
         labels = ops.reshape(labels, (-1,))
-        queued = (None, None, None) if self.negatives is None else self.negatives.contents()
+        queued = (None, None, None) if self.negatives is None else self.negatives.contents(index)
         loss = losses.supcon(z, labels, self.temperature, self.base_temperature, self.contrast_mode, *queued)
         if self.negatives is not None and training:
             # Every view's unit projection, view-major as the loss lays out its candidates, with its label.
-            self.negatives.enqueue([losses.l2_normalize(p) for p in per_view], [labels] * self.num_views)
+            self.negatives.enqueue([losses.l2_normalize(p) for p in per_view], [labels] * self.num_views, index=index)
         return loss, self.collapse_metrics(features, per_view)
 
     def get_config(self):

@@ -139,6 +139,10 @@ class SwAV(ContrastiveTrainer):
         self.prototypes.build((None, self.projection_dim))
         if queue is not None and getattr(queue, "mochi", None) is not None:
             raise ValueError("SwAV's queue takes part in the clustering, not as negatives: pass a queue without mochi.")
+        if getattr(queue, "needs_index", False):
+            raise ValueError(
+                "SwAV's feature queue holds the last batches (the paper's); pass kc.negatives.Queue(size)."
+            )
         self._set_negatives(queue, self.assigned_views * self.projection_dim)
         self._track("prototype_usage")
         self.built = True
@@ -197,7 +201,7 @@ class SwAV(ContrastiveTrainer):
             out.append(q[-batch:] if self.queue is not None else q)
         return out
 
-    def contrastive_loss(self, features, labels, training, views):
+    def contrastive_loss(self, features, labels, training, views, index=None):
         if len(features) < self.assigned_views:
             raise ValueError(f"SwAV needs at least {self.assigned_views} views; got {len(features)}.")
         batch = ops.shape(features[0])[0]
