@@ -250,6 +250,20 @@ def add_queue_flag(parser, mochi=True):
         default=0,
         help="keys of earlier steps kept as more negatives (kc.negatives.Queue, MoCo v2 style); 0: the batch only",
     )
+    parser.add_argument(
+        "--memory_bank",
+        type=at_least(0),
+        default=0,
+        metavar="NEGATIVES",
+        help="a memory bank of one key per training example (kc.negatives.MemoryBank, Wu et al.), this many rows "
+        "drawn as negatives each step (Wu et al.: 4096); 0: no bank",
+    )
+    parser.add_argument(
+        "--memory_bank_momentum",
+        type=float,
+        default=0.5,
+        help="weight of a bank row's old value when its example comes again (Wu et al. and PIRL: 0.5)",
+    )
     if mochi:
         parser.add_argument(
             "--mochi",
@@ -263,16 +277,33 @@ def add_queue_flag(parser, mochi=True):
     return parser
 
 
-def negatives(args, keep_labels=False):
-    """The --queue_size queue (a `kc.negatives.Queue`, with --mochi's mixing), or None for in-batch negatives only."""
+def negatives(args, num_examples, keep_labels=False):
+    """The --queue_size queue or the --memory_bank bank (with --mochi's mixing), or None for in-batch negatives
+    only. The bank has a row per example of the `num_examples` training examples."""
     mochi = getattr(args, "mochi", None)
-    if not args.queue_size:
+    if args.queue_size and args.memory_bank:
+        raise SystemExit("--queue_size and --memory_bank are two ways to keep negatives: choose one.")
+    if not (args.queue_size or args.memory_bank):
         if mochi:
-            raise SystemExit("--mochi mixes keys of the queue: give --queue_size too.")
+            raise SystemExit("--mochi mixes keys of a queue or a bank: give --queue_size or --memory_bank too.")
         return None
     if mochi:
         mochi = kc.negatives.MoCHi(N=mochi[0], s=mochi[1], s_prime=mochi[2])
-    return kc.negatives.Queue(args.queue_size, keep_labels=keep_labels, mochi=mochi or None)
+    if args.queue_size:
+        return kc.negatives.Queue(args.queue_size, keep_labels=keep_labels, mochi=mochi or None)
+    if not 0 <= args.memory_bank_momentum < 1:
+        raise SystemExit(f"--memory_bank_momentum must be in [0, 1); got {args.memory_bank_momentum}.")
+    # Sharded input numbers example p of pipeline i of n as p * n + i: below num_examples + n - 1, and n is at most
+    # the number of replicas.
+    rows = num_examples + (tf.distribute.get_strategy().num_replicas_in_sync if args.shard_input else 0)
+    return kc.negatives.MemoryBank(
+        rows,
+        num_negatives=args.memory_bank,
+        momentum=args.memory_bank_momentum,
+        keep_labels=keep_labels,
+        mochi=mochi or None,
+        seed=args.seed,
+    )
 
 
 def parse_args(parser, argv=None):
@@ -600,7 +631,8 @@ def knn_monitor(args, encoder=None):
 
 def first_views(views_dataset):
     sample = next(iter(views_dataset))
-    return sample[0] if isinstance(sample, tuple) else sample
+    sample = sample[0] if isinstance(sample, tuple) else sample
+    return sample["views"] if isinstance(sample, dict) else sample  # without a memory bank's example indices
 
 
 def fit(args, model, views, steps_per_epoch, backup_callback=None, sample_views=None):

@@ -94,7 +94,7 @@ def main(argv=None):
             hidden_dim=args.hidden_dim,
             num_classes=data.num_classes,
             seed=args.seed,
-            negatives=common.negatives(args),
+            negatives=common.negatives(args, data.num_examples),
         )
 
         # 4. Optimizer: LARS for ResNets, AdamW for ViTs; rate scaled by the global batch.

@@ -90,7 +90,7 @@ def main(argv=None):
             concatenate_views=not args.per_view_bn,
             num_classes=data.num_classes,
             seed=args.seed,
-            negatives=common.negatives(args),
+            negatives=common.negatives(args, data.num_examples),
         )
 
         # 4. Optimizer: LARS, learning rate scaled by the global batch, warmup + cosine.

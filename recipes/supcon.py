@@ -80,7 +80,7 @@ def main(argv=None):
             seed=args.seed,
             projection_head=common.bn_projection_head(args, encoder),
             concatenate_views=not args.per_view_bn,
-            negatives=common.negatives(args, keep_labels=True),
+            negatives=common.negatives(args, data.num_examples, keep_labels=True),
         )
         steps_per_epoch = args.steps_per_epoch or max(1, data.num_examples // args.batch_size)
         model.compile(

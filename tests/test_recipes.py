@@ -476,6 +476,10 @@ def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(
     tmp_path, recipe, kill_at_step, backup_every, resumed_at
 ):
     extra = ["--backup_every", str(backup_every)] + (["--hidden_dim", "32"] if recipe == "mocov3" else [])
+    if recipe == "simclr":
+        # A memory bank of the 512 examples (issue 14): its rows, labels and update count (the next draws) are
+        # among the saved variables compared below, so the resumed run must continue with the same bank.
+        extra += ["--memory_bank", "256"]
     full = run_runner(recipe, tmp_path / "full.npz", tmp_path / "full", extra=extra)
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -488,6 +492,9 @@ def test_a_recipe_killed_with_sigkill_resumes_to_the_uninterrupted_weights(
     assert f"{resumed_at} steps done" in again.stdout
 
     want, got = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
+    if recipe == "simclr":
+        bank = {name.split("/")[-1]: want[name] for name in want.files if "memory_bank" in name}
+        assert bank["written"].sum() == 512 and int(bank["update_count"]) == 12, bank.keys()
     assert int(got["optimizer_iterations"]) == int(want["optimizer_iterations"]) == 12
     assert int(got["batches_run"]) == 12 - resumed_at  # no step replayed
     for name in want.files:
@@ -759,26 +766,36 @@ def test_swav_recipe_multi_crop_flags_give_two_global_and_k_local_augmenters():
 
 
 @pytest.mark.parametrize("recipe", ["simclr", "mocov3", "supcon"])
-def test_queue_size_gives_the_trainer_a_queue(recipe):
-    """`--queue_size` (issue 14) becomes the trainer's `kc.negatives.Queue`; SupCon's keeps labels. (The MoCo v3
-    ViT recipe test trains with one end to end.)"""
+def test_queue_size_gives_the_trainer_a_queue_and_memory_bank_a_bank(recipe):
+    """`--queue_size` and `--memory_bank` (issue 14) become the trainer's `kc.negatives.Queue` or `MemoryBank`
+    (a row per training example); SupCon's keep labels. (The MoCo v3 ViT recipe test trains with a queue end to
+    end, the SIGKILL SimCLR recipe test with a bank.)"""
     sys.path.insert(0, os.path.join(ROOT, "recipes"))
     import importlib
 
     import common
 
     module = importlib.import_module(recipe)
-    assert common.negatives(common.parse_args(module.build_parser(), [])) is None
-    queue = common.negatives(common.parse_args(module.build_parser(), ["--queue_size", "96"]), recipe == "supcon")
-    assert (
-        isinstance(queue, common.kc.negatives.Queue) and queue.size == 96 and queue.keep_labels == (recipe == "supcon")
-    )
+
+    def negatives(*flags):
+        return common.negatives(common.parse_args(module.build_parser(), flags), 500, recipe == "supcon")
+
+    assert negatives() is None
+    queue = negatives("--queue_size", "96")
+    assert type(queue) is common.kc.negatives.Queue and queue.size == 96 and queue.keep_labels == (recipe == "supcon")
+    bank = negatives("--memory_bank", "64", "--memory_bank_momentum", "0.75")
+    assert type(bank) is common.kc.negatives.MemoryBank and bank.keep_labels == (recipe == "supcon")
+    assert (bank.size, bank.num_negatives, bank.momentum) == (500, 64, 0.75)
+    with pytest.raises(SystemExit, match="choose one"):
+        negatives("--memory_bank", "64", "--queue_size", "96")
+    with pytest.raises(SystemExit, match=r"in \[0, 1\)"):
+        negatives("--memory_bank", "64", "--memory_bank_momentum", "1")
     if recipe != "supcon":
-        args = common.parse_args(module.build_parser(), ["--queue_size", "96", "--mochi", "32", "16", "8"])
-        mochi = common.negatives(args).mochi
+        mochi = negatives("--queue_size", "96", "--mochi", "32", "16", "8").mochi
         assert (mochi.N, mochi.s, mochi.s_prime) == (32, 16, 8)
-        with pytest.raises(SystemExit, match="give --queue_size"):
-            common.negatives(common.parse_args(module.build_parser(), ["--mochi", "32", "16", "8"]))
+        assert negatives("--memory_bank", "64", "--mochi", "32", "16", "8").mochi.N == 32
+        with pytest.raises(SystemExit, match="give --queue_size or --memory_bank"):
+            negatives("--mochi", "32", "16", "8")
     source = open(os.path.join(ROOT, "recipes", f"{recipe}.py")).read()
-    wanted = "common.negatives(args, keep_labels=True)" if recipe == "supcon" else "common.negatives(args)"
-    assert f"negatives={wanted}" in source
+    labels = ", keep_labels=True" if recipe == "supcon" else ""
+    assert f"negatives=common.negatives(args, data.num_examples{labels})" in source
