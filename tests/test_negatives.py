@@ -127,11 +127,12 @@ def test_simclr_compares_with_the_previous_batches_and_enqueues_after_the_loss()
     np.testing.assert_array_equal(model.negatives.ordered()[0], before)
 
 
-def test_two_replicas_fill_the_queue_and_train_as_one(float64):
-    """Three steps of 32 keys through 40 slots (it wraps around) on 1 and 2 replicas from the same weights:
+@pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_two_replicas_fill_the_queue_and_train_as_one(float64, num_replicas):
+    """Three steps of 32 keys through 40 slots (it wraps around) on 1 and 2 (4) replicas from the same weights:
     the same loss, weights and queue, slot by slot."""
     _, model, _, _ = assert_replicas_match_one_replica(
-        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64"), 2, random_views(48)
+        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64"), num_replicas, random_views(48)
     )
     assert int(model.negatives.filled.numpy()) == 40 and int(model.negatives.pointer.numpy()) == 96 % 40
     assert np.abs(model.negatives.keys.numpy()).max() > 0.1  # the queue was filled, not compared at zero
@@ -554,9 +555,11 @@ def test_simclr_reads_the_bank_without_the_steps_examples_then_writes_them():
     np.testing.assert_allclose(model.negatives.keys.numpy(), bank_reference(20, 8, steps, 0.5)[0], atol=2e-6)
 
 
-@pytest.mark.parametrize("cls", [kc.SimCLR, kc.SupCon])
-def test_two_replicas_fill_the_bank_and_train_as_one(float64, cls):
-    """Three steps of 16 examples drawn from 20 (rows written again, an example twice in a batch) on 1 and 2
+@pytest.mark.parametrize(
+    "cls,num_replicas", [(kc.SimCLR, 2), (kc.SupCon, 2), pytest.param(kc.SimCLR, 4, marks=pytest.mark.slow)]
+)
+def test_two_replicas_fill_the_bank_and_train_as_one(float64, cls, num_replicas):
+    """Three steps of 16 examples drawn from 20 (rows written again, an example twice in a batch) on 1 and 2 (4)
     replicas: the same loss, weights, bank rows, labels and draws (12 of 20 rows per step; MoCHi for SimCLR)."""
     index = np.concatenate([np.arange(16), np.array([16, 17, 18, 19, 0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10])])
     index = np.concatenate([index, np.arange(16)])
@@ -566,7 +569,10 @@ def test_two_replicas_fill_the_bank_and_train_as_one(float64, cls):
     if cls is kc.SimCLR:
         bank["mochi"] = kc.negatives.MoCHi(N=6, s=4, s_prime=2)
     _, model, _, _ = assert_replicas_match_one_replica(
-        lambda strategy: build_with_bank(strategy, cls, learning_rate=0.05, dtype="float64", **bank), 2, views, labels
+        lambda strategy: build_with_bank(strategy, cls, learning_rate=0.05, dtype="float64", **bank),
+        num_replicas,
+        views,
+        labels,
     )
     assert int(model.negatives.written.numpy().sum()) == 20 and int(model.negatives.update_count.numpy()) == 3
     if cls is kc.SupCon:

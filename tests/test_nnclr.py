@@ -94,10 +94,11 @@ def test_a_view_is_its_own_neighbour_until_the_support_set_fills_then_its_neares
     np.testing.assert_allclose(logs["neighbour_accuracy"], step_2, atol=1e-6)
 
 
-def test_two_replicas_compute_what_one_replica_computes(float64):
-    """Three steps of 16 first views through 40 slots on 1 and 2 replicas from the same weights."""
+@pytest.mark.parametrize("num_replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_two_replicas_compute_what_one_replica_computes(float64, num_replicas):
+    """Three steps of 16 first views through 40 slots on 1 and 2 (4) replicas from the same weights."""
     _, model, _, _ = assert_replicas_match_one_replica(
-        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64", size=40), 2, random_views(48)
+        lambda strategy: build(strategy, learning_rate=0.05, dtype="float64", size=40), num_replicas, random_views(48)
     )
     assert int(model.support_set.filled.numpy()) == 40
 
