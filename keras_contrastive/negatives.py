@@ -298,7 +298,8 @@ class MemoryBank(Queue):
 
         Args:
             index: int Tensor `[local_batch]`, the examples of this replica's
-                batch (gathered from all replicas here).
+                batch (gathered from all replicas here), or None (evaluating
+                on data without indices: no row is masked as the batch's own).
 
         Returns:
             `(keys, labels, valid)`: float32 (or float64) `[num_negatives,
@@ -306,14 +307,16 @@ class MemoryBank(Queue):
             and bool, True for rows written before and not of an example in
             the global batch.
         """
-        batch = self._global_index(index, "is read")
+        batch = None if index is None else self._global_index(index, "is read")
         if self.num_negatives is None:
             rows = ops.arange(self.size, dtype="int32")
         else:
             seed = tf.stack([tf.constant(self.seed, tf.int32), tf.convert_to_tensor(self.update_count)])
             rows = tf.random.stateless_uniform([self.num_negatives], seed, minval=0, maxval=self.size, dtype=tf.int32)
-        in_batch = ops.any(ops.expand_dims(rows, 1) == ops.expand_dims(batch, 0), axis=1)
-        valid = ops.logical_and(ops.take(ops.convert_to_tensor(self.written), rows) > 0, ops.logical_not(in_batch))
+        valid = ops.take(ops.convert_to_tensor(self.written), rows) > 0
+        if batch is not None:
+            in_batch = ops.any(ops.expand_dims(rows, 1) == ops.expand_dims(batch, 0), axis=1)
+            valid = ops.logical_and(valid, ops.logical_not(in_batch))
         keys = ops.take(ops.convert_to_tensor(self.keys), rows, axis=0)
         return keys, ops.take(ops.convert_to_tensor(self.labels), rows), valid
 

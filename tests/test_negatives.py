@@ -475,6 +475,7 @@ def test_the_memory_bank_keeps_a_running_average_of_each_examples_keys(rng):
     keys, labels, valid = bank.contents(np.array([2, 5]))
     np.testing.assert_allclose(keys.numpy(), want, atol=1e-12)
     np.testing.assert_array_equal(valid.numpy(), written & ~np.isin(np.arange(10), [2, 5]))
+    np.testing.assert_array_equal(bank.contents()[2].numpy(), written)  # no index (evaluation): no row masked
 
 
 def test_the_memory_bank_draws_rows_uniformly_and_the_same_for_the_same_update(rng):
@@ -509,7 +510,7 @@ def test_the_memory_bank_refuses_what_it_cannot_use():
     with pytest.raises(ValueError, match="exceeds the 8 rows"):
         kc.negatives.MemoryBank(10, num_negatives=8, mochi=kc.negatives.MoCHi(N=16))
     with pytest.raises(ValueError, match="feed each example's index"):
-        built_bank(10, 2).contents()
+        built_bank(10, 2).enqueue(np.ones((2, 2), "float32"))
     with pytest.raises(Exception, match=r"must lie in \[0, 10\)"):
         built_bank(10, 2).enqueue(np.ones((2, 2), "float32"), index=np.array([3, 10]))
     with pytest.raises(ValueError, match="memory bank is not supported"):
@@ -520,6 +521,8 @@ def test_the_memory_bank_refuses_what_it_cannot_use():
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     with pytest.raises(ValueError, match="needs each example's index"):
         model.train_on_batch(random_views(8))
+    # Evaluation reads the bank without indices (nothing masked as the batch's own) and writes nothing.
+    assert np.isfinite(model.evaluate(random_views(8), batch_size=8, verbose=0)).all()
     with pytest.raises(ValueError, match="exactly 'views' and 'index'"):
         model.train_on_batch({"views": random_views(8), "ids": np.arange(8)})
 

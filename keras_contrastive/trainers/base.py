@@ -435,7 +435,8 @@ class ContrastiveTrainer(keras.Model):
                     f"bank); got keys {sorted(x)}."
                 )
             x, index = x["views"], x["index"]
-        elif self.needs_index:
+        elif self.needs_index and training:
+            # Evaluation may read the bank without indices; training must write each example's row.
             raise ValueError(
                 f"{type(self).__name__}'s negatives come from a memory bank, which needs each example's index: "
                 "feed x = {'views': views, 'index': index}, e.g. from model.views_dataset(...) or "
