@@ -207,10 +207,12 @@ class MemoryBank(Queue):
     `jit_compile=True`).
 
     Args:
-        size: int > 0. Number of rows: the number of training examples (with
-            `contrastive_views(..., input_context=...)` sharding, examples are
-            numbered `local_position * pipelines + pipeline_id`, which stays
-            below `size` rounded up to a multiple of the pipelines).
+        size: int > 0. Number of rows: the number of training examples.
+            With `contrastive_views(..., input_context=...)`, examples are
+            numbered `local_position * pipelines + pipeline_id`: below the
+            number of examples plus the pipelines where `load` shards element
+            by element (local files, arrays, folders); tfds shards by file,
+            so uneven files number up to `pipelines * largest shard`.
         num_negatives: int > 0 or None. Rows drawn per step. Wu et al. draw
             4096. Defaults to 4096; None reads every row.
         momentum: float in [0, 1). Weight of the old row in the update. 0
