@@ -3,9 +3,43 @@
 All three batch their work and show a progress bar (`verbose=1`).
 """
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+# One traced embedding function per encoder, kept while the encoder lives: the
+# per-epoch kNN monitor calls `extract_features` on the same encoder every
+# epoch, and a new `tf.function` per call would retrace each time (and make
+# TensorFlow warn about frequent retracing in every recipe's log).
+_EMBED_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _embed_function(encoder):
+    """The encoder's inference function on image batches, traced once per encoder.
+
+    The function refers to the encoder through a weak reference, so the cache
+    entry (and its traces) goes when the encoder does.
+    """
+    fn = _EMBED_FUNCTIONS.get(encoder)
+    if fn is not None:
+        return fn
+    # Downstream models (`kc.downstream.load_encoder`) take uint8 images, the
+    # serving contract's input; encoders take floats in [0, 1].
+    inputs = getattr(encoder, "inputs", None)
+    takes_uint8 = bool(inputs) and keras.backend.standardize_dtype(inputs[0].dtype) == "uint8"
+    encoder_ref = weakref.ref(encoder)
+
+    @tf.function(reduce_retracing=True)
+    def embed(x):
+        x = _as_float_images(x)
+        if takes_uint8:
+            x = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+        return encoder_ref()(x, training=False)
+
+    _EMBED_FUNCTIONS[encoder] = embed
+    return embed
 
 
 def _as_float_images(images):
@@ -63,18 +97,7 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
         total = int(np.ceil(len(images) / batch_size))
 
-    # Downstream models (`kc.downstream.load_encoder`) take uint8 images, the
-    # serving contract's input; encoders take floats in [0, 1].
-    inputs = getattr(encoder, "inputs", None)
-    takes_uint8 = bool(inputs) and keras.backend.standardize_dtype(inputs[0].dtype) == "uint8"
-
-    @tf.function(reduce_retracing=True)
-    def embed(x):
-        x = _as_float_images(x)
-        if takes_uint8:
-            x = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
-        return encoder(x, training=False)
-
+    embed = _embed_function(encoder)
     progbar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose) if verbose else None
     features, labels = [], []
     for i, batch in enumerate(dataset):
@@ -88,6 +111,21 @@ def extract_features(encoder, images, batch_size=512, verbose=1):
     if labels:
         return features, np.concatenate(labels)
     return features
+
+
+@tf.function(reduce_retracing=True)
+def _chunk_top_k(queries, bank, offset, best_sims, best_indices, k):
+    """Merges a bank chunk's k most similar rows into the running top k `[queries, <=k]`.
+
+    One module-level function (k a tensor) so that repeated searches, such as
+    the per-epoch kNN monitor's, reuse its traces.
+    """
+    sims = tf.matmul(queries, tf.math.l2_normalize(bank, axis=1), transpose_b=True)
+    sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+    sims = tf.concat([best_sims, sims], axis=1)
+    indices = tf.concat([best_indices, tf.cast(idx, tf.int64) + offset], axis=1)
+    sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
+    return sims, tf.gather(indices, idx, batch_dims=1)
 
 
 def nearest_neighbours(bank_features, query_features, k, batch_size=1024, bank_batch_size=65_536, verbose=0):
@@ -118,16 +156,7 @@ def nearest_neighbours(bank_features, query_features, k, batch_size=1024, bank_b
         for i in range(0, len(bank_features), bank_batch_size)
     ]
 
-    @tf.function(reduce_retracing=True)
-    def chunk_top_k(queries, bank, offset, best_sims, best_indices):
-        """Merges a bank chunk's k most similar rows into the running top k `[queries, <=k]`."""
-        sims = tf.matmul(queries, tf.math.l2_normalize(bank, axis=1), transpose_b=True)
-        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
-        sims = tf.concat([best_sims, sims], axis=1)
-        indices = tf.concat([best_indices, tf.cast(idx, tf.int64) + offset], axis=1)
-        sims, idx = tf.math.top_k(sims, k=tf.minimum(k, tf.shape(sims)[1]))
-        return sims, tf.gather(indices, idx, batch_dims=1)
-
+    k_tensor = tf.constant(k, tf.int32)
     query_features = np.asarray(query_features, "float32")
     blocks = range(0, len(query_features), batch_size)
     progbar = keras.utils.Progbar(len(blocks), unit_name="block", verbose=verbose) if verbose else None
@@ -137,7 +166,7 @@ def nearest_neighbours(bank_features, query_features, k, batch_size=1024, bank_b
         sims = tf.zeros([queries.shape[0], 0], tf.float32)
         indices = tf.zeros([queries.shape[0], 0], tf.int64)
         for bank, offset in chunks:
-            sims, indices = chunk_top_k(queries, bank, offset, sims, indices)
+            sims, indices = _chunk_top_k(queries, bank, offset, sims, indices, k_tensor)
         all_indices.append(indices.numpy())
         all_sims.append(sims.numpy())
         if progbar is not None:

@@ -1,4 +1,6 @@
+import gc
 import sys
+import weakref
 
 import keras
 import numpy as np
@@ -76,6 +78,32 @@ def test_extract_features_matches_direct_call_and_uses_inference_mode(rng):
     images = rng.integers(0, 256, (10, 8, 8, 1)).astype("uint8")
     feats = evaluation.extract_features(encoder, images, batch_size=3, verbose=0)
     np.testing.assert_allclose(feats, encoder(images / 255.0, training=False).numpy(), atol=1e-5)
+
+
+def test_repeated_extraction_and_search_reuse_their_traces_and_free_them_with_the_encoder(rng):
+    """The per-epoch kNN monitor calls both every epoch: no retrace after the first, no encoder kept alive."""
+    inputs = keras.Input((8, 8, 1))
+    encoder = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3)(inputs)))
+    images = rng.integers(0, 256, (12, 8, 8, 1)).astype("uint8")
+    first = evaluation.extract_features(encoder, images, batch_size=6, verbose=0)
+    embed = evaluation._embed_function(encoder)
+    traces = embed.experimental_get_tracing_count()
+    encoder.layers[1].kernel.assign(encoder.layers[1].kernel * 2.0)  # later epochs see the new weights
+    second = evaluation.extract_features(encoder, images, batch_size=6, verbose=0)
+    assert evaluation._embed_function(encoder) is embed
+    assert embed.experimental_get_tracing_count() == traces
+    np.testing.assert_allclose(second, 2.0 * first, rtol=1e-5, atol=1e-6)
+
+    bank = rng.normal(size=(50, 3)).astype("float32")
+    evaluation.nearest_neighbours(bank, second, k=5, bank_batch_size=20)
+    search_traces = evaluation._chunk_top_k.experimental_get_tracing_count()
+    evaluation.nearest_neighbours(bank, second, k=5, bank_batch_size=20)
+    assert evaluation._chunk_top_k.experimental_get_tracing_count() == search_traces
+
+    encoder_ref = weakref.ref(encoder)
+    del encoder, embed
+    gc.collect()
+    assert encoder_ref() is None  # the cache did not keep it alive
 
 
 def _small_encoder():
