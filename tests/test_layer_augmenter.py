@@ -154,7 +154,7 @@ def test_a_layer_that_fails_is_named():
         augmenter(images(channels=1), seed=[0, 0])  # saturation needs 3 channels
 
 
-@pytest.mark.parametrize("kind", ["core", "keras_cv"])
+@pytest.mark.parametrize("kind", ["core", pytest.param("keras_cv", marks=pytest.mark.slow)])
 def test_pipelines_run_in_contrastive_views_and_train_simclr(kind):
     """The bare pipeline (no wrapper) goes to `contrastive_views` and to the trainer: views are
     reproducible per seed and in [0, 1]; a SimCLR step on them moves the weights; in-step

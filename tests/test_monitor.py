@@ -72,7 +72,7 @@ def test_the_callback_fires_on_collapse_only():
         stopping.on_epoch_end(1, {"effective_rank": 1.0})
 
 
-@pytest.mark.parametrize("method", ["simclr", "supcon", "mocov3"])
+@pytest.mark.parametrize("method", ["simclr", "supcon", pytest.param("mocov3", marks=pytest.mark.slow)])
 def test_every_trainer_reports_the_alarms_as_metrics(method):
     keras.utils.set_random_seed(0)
     encoder = kc.encoders.ResNet18((16, 16, 3), width_multiplier=0.125)

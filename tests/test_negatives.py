@@ -416,6 +416,7 @@ def test_mochi_is_saved_with_its_queue_and_refused_where_it_has_no_meaning(tmp_p
         kc.NNCLR(tiny_encoder(), support_set=kc.negatives.Queue(64, mochi=kc.negatives.MoCHi(8)))
 
 
+@pytest.mark.slow  # an XLA compile; the queue's jit test stays in the quick subset
 def test_mochi_compiles_under_xla_with_static_shapes():
     """XLA draws other stateless numbers than the host, so this checks the compiled step, not its values."""
     with cpu_strategy(1).scope():

@@ -514,7 +514,8 @@ def test_precision_auto_picks_bfloat16_only_where_hardware_runs_it(tmp_path):
 @pytest.mark.parametrize(
     "flags, status, line",
     [
-        (["--batch_size", "0"], 2, "argument --batch_size: must be >= 1, got 0"),
+        # Each case starts a recipe process (TensorFlow's import, 7 s): the two argparse cases share one path.
+        pytest.param(["--batch_size", "0"], 2, "argument --batch_size: must be >= 1, got 0", marks=pytest.mark.slow),
         (["--temperature", "-0.1"], 2, "argument --temperature: must be > 0, got -0.1"),
         (["--dataset", "/nonexistent"], 1, "error: --dataset /nonexistent (split 'train'): No folder '/nonexistent'"),
     ],

@@ -36,7 +36,8 @@ def make(method):
     return kc.MoCoV3(tiny_encoder(synchronized_bn=False), hidden_dim=16, projection_dim=8, total_steps=3)
 
 
-@pytest.mark.parametrize("method", ["simclr", "supcon", "moco_v3"])
+# MoCo v3's XLA compile (two encoders) is the longest of the three: in the full suite only.
+@pytest.mark.parametrize("method", ["simclr", "supcon", pytest.param("moco_v3", marks=pytest.mark.slow)])
 def test_jit_compile_traces_once_and_its_step_equals_the_eager_step(method):
     # One step from the same weights on the same batch: XLA and eager agree to float32 rounding. (Over
     # several steps this tiny MoCo v3 amplifies rounding: graph and eager already differ by 2e-4 after two.)
