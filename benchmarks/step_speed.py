@@ -2,6 +2,7 @@
 
     python benchmarks/step_speed.py                                   # everything (width 1.0 takes ~1 hour)
     python benchmarks/step_speed.py --widths 0.25 --runs kc_simclr keras_io torch
+    python benchmarks/step_speed.py --widths 0.25 --rounds 3 --runs kc_simclr torch torch_per_view   # paired rounds
 
 One process per framework and configuration (so that no run inherits another's threads, caches or graph), one
 after the other, on the same network (ResNet-18, CIFAR stem, 32x32x3, batch 256, two views, SGD momentum):
@@ -23,7 +24,9 @@ achieved GFLOP/s from a counted FLOP figure (convolutions, dense layers and atte
 step runs: forward + backward = 3x the forward for trained branches, 1x for MoCo's momentum branch; both views),
 the share of this machine's measured peak in that precision (the fastest of the step's 3x3 convolution shapes at
 width 1.0, forward, batch 256, in TensorFlow: the `peak` worker), and the ratios to PyTorch and to the keras-io
-step. Figures drift between runs on a shared machine: the ratios of one sitting are what count.
+step. Figures drift between runs on a shared machine: the ratios of one sitting are what count. With --rounds N the
+list runs N times (every other round backwards) and each ratio is also given as the median over rounds of the ratio
+within a round, so that the machine's drift over a sitting weighs on both sides of every ratio alike.
 """
 
 import argparse
@@ -195,12 +198,55 @@ def measure(run, width, precision, steps):
     return {"rates": [float(np.median(rates)), float(rates.min()), float(rates.max())], **result}, None
 
 
+# Our steps on the same ResNet-18 as PyTorch's and keras-io's (ViT-Tiny is another network: no ratio).
+SAME_NETWORK = ("kc_simclr", "kc_simclr_per_view", "kc_supcon", "kc_mocov3")
+
+
+def print_ratios(width, rows):
+    """Each of our runs against each reference run of the same round."""
+    for base in ("torch", "torch_per_view", "keras_io"):
+        if base in rows:
+            ratios = "  ".join(
+                f"{run} {rows[run]['rates'][0] / rows[base]['rates'][0]:.2f}x" for run in rows if run in SAME_NETWORK
+            )
+            print(f"  width {width:<4} ratio to {base:<14} {ratios}", flush=True)
+
+
+def round_ratios(by_round, run, bases):
+    """Per round: `run`'s median images/s over the best of `bases` in that round (rounds missing either: none)."""
+    ratios = []
+    for rows in by_round:
+        best = max((rows[b]["rates"][0] for b in bases if b in rows), default=None)
+        if run in rows and best:
+            ratios.append(rows[run]["rates"][0] / best)
+    return ratios
+
+
+def print_round_summary(width, precision, by_round):
+    """The ratios paired within each round, summarised over rounds: median (min-max)."""
+    print(f"  width {width} {precision}, over {len(by_round)} rounds (median of per-round ratios, min-max):")
+    for run in SAME_NETWORK:
+        parts = []
+        for name, bases in (("PyTorch's best", ("torch", "torch_per_view")), ("keras-io", ("keras_io",))):
+            ratios = round_ratios(by_round, run, bases)
+            if ratios:
+                parts.append(f"/ {name} {np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        if parts:
+            print(f"    {run:<20} " + "  ".join(parts), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after 2 warm-up steps)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the list this many times, every other round backwards, and report each ratio's median over rounds",
+    )
     parser.add_argument("--json_out", help="also write every figure to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,32 +264,33 @@ def main():
             flush=True,
         )
         for width in args.widths:
-            rows = {}
-            for run in args.runs:
-                if run == "kc_mocov3_vit_tiny" and width != args.widths[0]:
-                    continue  # ViT-Tiny has no width: measured once per precision
-                result, failure = measure(run, width, precision, args.steps)
-                if result is None:
-                    print(f"  width {width:<4} {run:<20} {failure.strip().splitlines()[-1]}", flush=True)
-                    continue
-                rows[run] = result
-                median, low, high = result["rates"]
-                gflops = result["flops_per_image"] * median / 1e9
-                print(
-                    f"  width {width:<4} {run:<20} {median:7.1f} images/s (min {low:.1f}, max {high:.1f})  "
-                    f"{result['flops_per_image'] / 1e9:.3f} GFLOP/image  {gflops:6.1f} GFLOP/s  "
-                    f"{100 * gflops / peak_gflops:4.1f}% of peak",
-                    flush=True,
-                )
-                everything.append({"precision": precision, "width": width, "run": run, **result})
-            for base in ("torch", "torch_per_view", "keras_io"):
-                if base in rows:
-                    ratios = "  ".join(
-                        f"{run} {rows[run]['rates'][0] / rows[base]['rates'][0]:.2f}x"
-                        for run in rows
-                        if run in ("kc_simclr", "kc_simclr_per_view", "kc_supcon", "kc_mocov3")  # ViT: another network
+            runs = [r for r in args.runs if r != "kc_mocov3_vit_tiny" or width == args.widths[0]]  # ViT: no width
+            by_round = []
+            for round_ in range(args.rounds):
+                # Odd rounds run the list backwards, so that a drift of the machine's speed within the sitting
+                # favours no run on average.
+                order = runs if round_ % 2 == 0 else runs[::-1]
+                rows = {}
+                for run in order:
+                    result, failure = measure(run, width, precision, args.steps)
+                    label = f"  width {width:<4} {run:<20}" + (f" round {round_ + 1}" if args.rounds > 1 else "")
+                    if result is None:
+                        print(f"{label} {failure.strip().splitlines()[-1]}", flush=True)
+                        continue
+                    rows[run] = result
+                    median, low, high = result["rates"]
+                    gflops = result["flops_per_image"] * median / 1e9
+                    print(
+                        f"{label} {median:7.1f} images/s (min {low:.1f}, max {high:.1f})  "
+                        f"{result['flops_per_image'] / 1e9:.3f} GFLOP/image  {gflops:6.1f} GFLOP/s  "
+                        f"{100 * gflops / peak_gflops:4.1f}% of peak",
+                        flush=True,
                     )
-                    print(f"  width {width:<4} ratio to {base:<14} {ratios}", flush=True)
+                    everything.append({"precision": precision, "width": width, "run": run, "round": round_, **result})
+                print_ratios(width, rows)
+                by_round.append(rows)
+            if args.rounds > 1:
+                print_round_summary(width, precision, by_round)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(everything, f, indent=1)
