@@ -4,6 +4,7 @@ MirroredStrategy over these devices runs the multi-replica code paths (all_gathe
 synchronized BatchNorm, gradient all-reduce) on a machine without accelerators.
 """
 
+import gc
 import os
 import textwrap
 
@@ -71,6 +72,25 @@ def pytest_collection_modifyitems(config, items):
         quick = quick[take:]
         left -= size
     items[:] = ordered
+
+
+@pytest.fixture(autouse=True)
+def _collect_the_iterators_of_a_fit_that_raised(request):
+    """After a test marked `fit_raises`, collect garbage while its tf.data iterators are young.
+
+    When `fit` raises, Keras' epoch iterator and its suspended generator keep each other alive, so the tf.data
+    iterator inside goes only when a later full collection finds the cycle, in whatever test runs then. Deleting
+    a tf.data iterator can then wait out the current period of its autotuning thread: TensorFlow 2.21's
+    `CancellationManager::StartCancel` runs the thread's wake-up callback before it marks itself cancelled, so
+    the woken thread can see "not cancelled" and sleep again. The period doubles up to 60 s, so an iterator left
+    for minutes stalled an unrelated test for 20-55 s (found with gdb, 2026-12-04: the main thread in
+    `RootDataset::Iterator::~Iterator` -> `~LogicalThreadWrapper`, the autotuning thread in a timed wait in
+    `Model::OptimizeLoop`). Collected as the test ends, the iterator is seconds old and so is its period.
+    A full collection costs about 0.5 s in a worker, too much after every test.
+    """
+    yield
+    if request.node.get_closest_marker("fit_raises"):
+        gc.collect()
 
 
 @pytest.fixture

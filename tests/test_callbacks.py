@@ -101,6 +101,7 @@ def backups(directory):
         *(pytest.param(m, marks=pytest.mark.slow) for m in ("simclr_queue", "supcon_bank", "swav_queue")),
     ],
 )
+@pytest.mark.fit_raises
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, method):
     reference = build(method)
     fit(reference, [])
@@ -137,6 +138,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, m
     assert not tmp_path.exists() or backups(tmp_path) == []  # a finished run removes its backups
 
 
+@pytest.mark.fit_raises
 def test_a_torn_or_corrupted_backup_is_skipped(tmp_path):
     reference = build("simclr")
     fit(reference, [])
@@ -161,6 +163,7 @@ def test_a_torn_or_corrupted_backup_is_skipped(tmp_path):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.fit_raises
 def test_only_the_newest_backups_are_kept(tmp_path):
     model = build("simclr")
     with pytest.raises(KeyboardInterrupt):
@@ -169,6 +172,7 @@ def test_only_the_newest_backups_are_kept(tmp_path):
     assert not any(n.startswith("tmp-") for n in os.listdir(tmp_path))
 
 
+@pytest.mark.fit_raises
 def test_a_nan_loss_raises_naming_the_step_rate_and_hint_and_keeps_the_last_finite_backup(tmp_path):
     model = build("simclr")
     callbacks = [

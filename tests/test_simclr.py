@@ -178,6 +178,7 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-6, err_msg=a.path)
 
 
+@pytest.mark.fit_raises
 def test_bad_input():
     with pytest.raises(ValueError, match="temperature"):
         kc.SimCLR(tiny_encoder(), temperature=0.0)
@@ -238,6 +239,7 @@ def test_host_side_augmentation_gives_replica_independent_training(float64):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=path)
 
 
+@pytest.mark.fit_raises
 def test_a_batch_the_replicas_cannot_split_is_a_clear_error():
     model = build(cpu_strategy(2))
     views = random_views(10)

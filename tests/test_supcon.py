@@ -89,12 +89,14 @@ def test_a_custom_head_is_saved_and_loaded(tmp_path):
         kc.SupCon(tiny_encoder(), concatenate_views="no")
 
 
+@pytest.mark.fit_raises
 def test_without_labels_is_a_clear_error_pointing_to_simclr():
     model = build(cpu_strategy(1))
     with pytest.raises(ValueError, match="SimCLR"):
         model.fit(random_views(8), batch_size=8, verbose=0)
 
 
+@pytest.mark.fit_raises
 def test_wrong_number_of_views_and_bad_arguments():
     model = build(cpu_strategy(1), num_views=3)
     with pytest.raises(ValueError, match="3 views"):
