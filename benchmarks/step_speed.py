@@ -155,7 +155,10 @@ def worker(args):
 
 def launch(command):
     """Runs `command`, returns the JSON of its last RESULT line (or None) and its tail on failure."""
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    # This checkout's package first, whatever an editable install points to (a clean-clone CI re-points it).
+    root = os.path.dirname(HERE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :]), None
