@@ -147,7 +147,9 @@ def test_readme_examples_run_on_the_shipped_encoder():
     # Serving: in a process that cannot import Keras or this package.
     proc = _run_in_repo(NO_KERAS_PRELUDE + serving + "\nassert embeddings.shape == (4, 128), embeddings.shape\n")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Fine-tuning: one epoch on 1,000 labelled images from the pretrained encoder is far above chance.
-    check = "\nassert classifier.history.history['accuracy'][-1] > 0.5, classifier.history.history\n"
+    # Fine-tuning: one epoch on 1,000 labelled images from the pretrained encoder is far above chance. Measured
+    # after the epoch: 0.73-0.80 in four runs (2026-12-04). The epoch's running mean, which starts at chance,
+    # was 0.54-0.61 there and 0.49 once in CI, too close to a bound.
+    check = "\naccuracy = classifier.evaluate(x, y, verbose=0)[1]\nassert accuracy > 0.5, accuracy\n"
     proc = _run_in_repo(finetuning + check)
     assert proc.returncode == 0, proc.stderr[-3000:]
